@@ -91,7 +91,10 @@ def scan(
     source: Annotated[Source, typer.Argument(help="imagenet-val | folder | csv | fiftyone | sample")],
     root: Annotated[Optional[str], typer.Option(help="Folder, CSV file or dataset name the source reads.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Dataset name (default: the source's name).")] = None,
-    model: Annotated[Optional[list[str]], typer.Option(help="Model name (`audit models`).")] = None,
+    model: Annotated[Optional[list[str]], typer.Option(
+        help="Model name (`audit models`); repeat it for an ensemble.")] = None,
+    models: Annotated[Optional[str], typer.Option(
+        "--models", help="A preset ensemble: 'lite' = efficientnet_lite0, _lite1 and _lite2.")] = None,
     weights: Annotated[Optional[Path], typer.Option(help="Local state dict (.pth/.safetensors) for the model.")] = None,
     layer: Annotated[Optional[str], typer.Option(help="Module to explain (default: the last spatial feature map).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
@@ -103,6 +106,11 @@ def scan(
     limit: Annotated[Optional[int], typer.Option(min=1, help="Load and scan at most N samples.")] = None,
     shard: Annotated[str, typer.Option(help="I/N: scan the I-th (1..N) of N deterministic parts.")] = "1/1",
     restart: Annotated[bool, typer.Option(help="Redo samples already scanned.")] = False,
+    second_opinion: Annotated[bool, typer.Option(
+        help="Classify the mirror image and the object crops of the samples in doubt.")] = True,
+    class_maps: Annotated[bool, typer.Option(help="Grad-CAM maps of the predicted and the given class.")] = True,
+    all_boxes: Annotated[bool, typer.Option(
+        help="A box for every large Eigen-CAM segment (several objects), not only the largest.")] = False,
     labels: Annotated[Optional[Path], typer.Option(help="folder: CSV (filepath,label) for a flat folder.")] = None,
     label_field: Annotated[str, typer.Option(help="fiftyone: the field holding the labels.")] = "ground_truth",
     layout: Annotated[Optional[str], typer.Option(help="imagenet-val: force a layout (archives | extracted | kaggle | folders).")] = None,
@@ -111,19 +119,22 @@ def scan(
     and rank the samples. Resumes by default: samples scanned with the same settings are skipped."""
     from audit.data import default_name, open_source
     from audit.lock import ScanLock
-    from audit.models.registry import DEFAULT_MODEL, load_model
-    from audit.scan import ScanOptions
+    from audit.data.imagenet import LAYOUTS
+    from audit.models.registry import DEFAULT_MODEL, PRESETS, load_model
+    from audit.scan import ScanOptions, check_ensemble
     from audit.scan import scan as run_scan
     from audit.triage import rescore
 
     shard_index, shard_count = _parse_shard(shard)
-    models = model or [DEFAULT_MODEL]
-    if len(models) > 1:
-        raise typer.BadParameter("one --model at a time for now", param_hint="--model")
-    from audit.data.imagenet import LAYOUTS
-
+    if models is not None and models not in PRESETS:
+        raise typer.BadParameter(f"'{models}' is not one of {', '.join(PRESETS)}", param_hint="--models")
+    names = list(dict.fromkeys((model or []) + (PRESETS[models] if models else []))) or [DEFAULT_MODEL]
+    if len(names) > 1 and (weights or layer):
+        raise typer.BadParameter("--weights and --layer apply to a single --model", param_hint="--weights/--layer")
     if layout is not None and layout not in LAYOUTS:
         raise typer.BadParameter(f"'{layout}' is not one of {', '.join(LAYOUTS)}", param_hint="--layout")
+    loaded = [load_model(n, weights=weights, layer=layer, device=device) for n in names]
+    check_ensemble(loaded)
     warnings: list[str] = []
 
     def waiting(message: str) -> None:
@@ -137,10 +148,11 @@ def scan(
     if len(warnings) > 20:
         err.print(f"warning: … and {len(warnings) - 20} more")
     err.print(f"dataset '{dataset.name}': {len(dataset)} samples ({added} new)")
-    loaded = load_model(models[0], weights=weights, layer=layer, device=device)
-    err.print(f"model {loaded.name} on {loaded.device}: layer '{loaded.target_layer}', {loaded.preprocess.describe()}")
+    for each in loaded:
+        err.print(f"model {each.name} on {each.device}: layer '{each.target_layer}', {each.preprocess.describe()}")
     options = ScanOptions(batch_size=batch_size, workers=workers, limit=limit, shard=(shard_index, shard_count),
-                          restart=restart, amp=amp)
+                          restart=restart, amp=amp, second_opinion=second_opinion, class_maps=class_maps,
+                          all_boxes=all_boxes)
     with _progress() as progress:
         summary = run_scan(dataset, loaded, options, progress)
     if summary.interrupted:
@@ -308,7 +320,11 @@ def eval_labels(
     table = Table(title=f"{name}: {report['n']} samples, {report['n_errors']} verified label errors")
     for column in ("ranking", "AUROC", "AP", "P@10", "P@25", "P@50"):
         table.add_column(column, justify="left" if column == "ranking" else "right")
-    rows = [("mislabel_score", report)] + list(report["ablation"].items()) + list(report["baselines"].items())
+    ensemble = " (ensemble)" if report.get("per_model") else ""
+    rows = [("mislabel_score", report)] + list(report["ablation"].items()) + \
+        [(f"{name}{ensemble}", figures) for name, figures in report["baselines"].items()] + \
+        [(f"{name} ({model})", figures) for model, baselines in report.get("per_model", {}).items()
+         for name, figures in baselines.items()]
     for label, figures in rows:
         at = figures["precision_at"]
         table.add_row(label, f"{figures['auroc']:.3f}", f"{figures['average_precision']:.3f}",
@@ -318,6 +334,14 @@ def eval_labels(
     for key, count in report["triage"].items():
         triage.add_row(key, str(count))
     out.print(triage)
+    split = report["separation"]
+    if split["n"]:
+        table = Table("rule", "balanced accuracy", title=f"label error vs classifier failure, among the {split['n']} "
+                                                          f"misclassified candidates ({split['n_errors']} label errors)")
+        for rule, value in split.items():
+            if rule not in ("n", "n_errors"):
+                table.add_row(rule, f"{value:.3f}")
+        out.print(table)
 
 
 @app.command()

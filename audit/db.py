@@ -15,6 +15,9 @@ from fiftyone import ViewField as F
 PREDICTIONS = "predictions"
 EIGENCAM = "eigencam"
 EIGENCAM_BOX = "eigencam_box"
+EIGENCAM_PC2 = "eigencam_pc2"  # the second principal component (often a second object)
+GRADCAM_PRED = "gradcam_pred"  # Grad-CAM of the predicted class
+GRADCAM_GIVEN = "gradcam_given"  # Grad-CAM of the given label
 SIGNALS = "audit_signals"
 SCORE = "mislabel_score"
 CATEGORY = "category"
@@ -150,6 +153,7 @@ def declare_audit_fields(dataset: fo.Dataset) -> None:
     fields = {PREDICTIONS: (embedded, {"embedded_doc_type": fo.Classification}),
               EIGENCAM: (embedded, {"embedded_doc_type": fo.Heatmap}),
               EIGENCAM_BOX: (embedded, {"embedded_doc_type": fo.Detections}),
+              **{name: (embedded, {"embedded_doc_type": fo.Heatmap}) for name in (EIGENCAM_PC2, GRADCAM_PRED, GRADCAM_GIVEN)},
               SIGNALS: (fo.DictField, {}), ERROR: (fo.StringField, {}), DONE: (fo.StringField, {}),
               SCORE: (fo.FloatField, {}), CATEGORY: (fo.StringField, {}), SUGGESTED: (fo.StringField, {}),
               REASONS: (fo.ListField, {"subfield": fo.StringField})}

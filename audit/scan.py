@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,15 +32,17 @@ import torch
 from bson import ObjectId
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+import audit
 from audit import db, settings
-from audit.evidence import explain_batch, model_class_index, sample_fields
+from audit.evidence import EvidenceOptions, batch_evidence, field_suffix, model_class_index, sample_fields
 from audit.explain.boxes import DEFAULT_THRESHOLD
 from audit.images import open_rgb
 from audit.lock import LockError, ScanLock
 from audit.models.preprocess import Preprocess
 from audit.models.registry import AuditModel
+from audit.models.weights import ModelError
 
-SCAN_VERSION = 2  # bump when the fields a scan writes change meaning: older results are redone
+SCAN_VERSION = 3  # bump when the fields a scan writes change meaning: older results are redone
 PAGE_SIZE = 1000  # samples read from the database at a time
 
 
@@ -52,10 +54,14 @@ class ScanOptions:
     shard: tuple[int, int] = (1, 1)  # (I, N): this process scans the I-th of N deterministic parts
     restart: bool = False
     box_threshold: float = DEFAULT_THRESHOLD
+    all_boxes: bool = False  # a box for every large Eigen-CAM segment, not only the largest
     class_maps: bool = True  # class-discriminative maps for the predicted and the given class
-    second_opinion: bool = True  # classify the crop of the Eigen-CAM box (one more forward pass)
+    second_opinion: bool = True  # classify views of the samples in doubt (see audit.evidence)
     amp: bool | None = None  # mixed precision for the forward pass; None: on CUDA only
     threads: int | None = None  # torch threads of this process; None: torch's own default
+
+    def evidence(self) -> EvidenceOptions:
+        return EvidenceOptions(self.box_threshold, self.all_boxes, self.class_maps, self.second_opinion)
 
 
 @dataclass
@@ -69,17 +75,17 @@ class ScanSummary:
 
 
 class ImageFiles(Dataset):
-    """Decodes images for the model: EXIF rotation applied (maps follow what the user sees), JPEGs
-    decoded at reduced size when far larger than the model needs; an unreadable file yields its error.
+    """Decodes each image once for all the models: EXIF rotation applied (maps follow what the user
+    sees), JPEGs decoded at reduced size when far larger than the models need; then every model's
+    own preprocessing (``images``: one tensor per model). An unreadable file yields its error.
 
     Items are ``(key, filepath)`` pairs (the scan hands them out lazily, page by page) or, with
-    ``filepaths`` given, integer positions in that list. With ``pictures``, the decoded image
-    (PIL, as decoded: reduced JPEGs stay reduced) comes along too, for second-opinion crops."""
+    ``filepaths`` given, integer positions in that list."""
 
-    def __init__(self, filepaths: list[str] | None, preprocess: Preprocess, pictures: bool = False):
+    def __init__(self, filepaths: list[str] | None, preprocesses: list[Preprocess]):
         self.filepaths = filepaths
-        self.preprocess = preprocess
-        self.pictures = pictures
+        self.preprocesses = preprocesses
+        self.min_side = max(p.resize_short for p in preprocesses)
 
     def __len__(self) -> int:
         return len(self.filepaths or ())
@@ -87,24 +93,25 @@ class ImageFiles(Dataset):
     def __getitem__(self, item) -> dict:
         key, filepath = (item, self.filepaths[item]) if isinstance(item, int) else item
         try:
-            image = open_rgb(filepath, self.preprocess.resize_short)
-            tensor = self.preprocess(image)
-            item = {"index": key, "image": tensor, "width": image.width, "height": image.height, "error": ""}
+            image = open_rgb(filepath, self.min_side)
+            tensors = [preprocess(image) for preprocess in self.preprocesses]
+            return {"index": key, "filepath": filepath, "images": tensors, "width": image.width,
+                    "height": image.height, "error": ""}
         except Exception as error:
             message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
-            blank = torch.zeros(3, self.preprocess.crop, self.preprocess.crop)
-            image, item = None, {"index": key, "image": blank, "width": 0, "height": 0, "error": message}
-        if self.pictures:
-            item["picture"] = image
-        return item
+            blanks = [torch.zeros(3, p.crop, p.crop) for p in self.preprocesses]
+            return {"index": key, "filepath": filepath, "images": blanks, "width": 0, "height": 0, "error": message}
 
 
-def scan_key(model: AuditModel, options: ScanOptions) -> str:
+def scan_key(models: list[AuditModel], options: ScanOptions) -> str:
     """A digest of everything that changes the results; samples done under another key are redone."""
-    settings_ = {**model.settings(), "box_threshold": options.box_threshold, "version": SCAN_VERSION}
-    for name in ("class_maps", "second_opinion"):  # named only when off: default keys stay as they were
+    settings_ = {"models": [model.settings() for model in models], "box_threshold": options.box_threshold,
+                 "version": SCAN_VERSION}
+    for name in ("class_maps", "second_opinion"):  # named only when off
         if not getattr(options, name):
             settings_[name] = False
+    if options.all_boxes:
+        settings_["all_boxes"] = True
     return hashlib.sha256(json.dumps(settings_, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -182,28 +189,26 @@ def _worker_init(_worker_id: int) -> None:
 
 
 class _Collate:
-    """default_collate, with the images channels-last and the pictures (PIL) kept as a list."""
+    """default_collate, with the images channels-last."""
 
     def __init__(self, channels_last: bool):
         self.channels_last = channels_last
 
     def __call__(self, items: list[dict]) -> dict:
-        pictures = [item.pop("picture") for item in items] if items and "picture" in items[0] else None
         batch = default_collate(items)
         if self.channels_last:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        if pictures is not None:
-            batch["picture"] = pictures
+            batch["images"] = [images.contiguous(memory_format=torch.channels_last) for images in batch["images"]]
         return batch
 
 
-def make_loader(items, model: AuditModel, batch_size: int, workers: int, pictures: bool = False) -> DataLoader:
+def make_loader(items, models: list[AuditModel], batch_size: int, workers: int) -> DataLoader:
     """A DataLoader decoding ``items`` ((key, filepath) pairs, any iterable, read lazily) in
-    ``workers`` processes, with pinned memory on CUDA; ``pictures``: see `ImageFiles`."""
-    return DataLoader(ImageFiles(None, model.preprocess, pictures), batch_size=batch_size, sampler=items,
-                      num_workers=workers, worker_init_fn=_worker_init if workers else None,
-                      collate_fn=_Collate(_fast_memory_format(model.device)),
-                      pin_memory=model.device.type == "cuda", persistent_workers=False)
+    ``workers`` processes for ``models`` (see `ImageFiles`), with pinned memory on CUDA."""
+    device = models[0].device
+    return DataLoader(ImageFiles(None, [model.preprocess for model in models]), batch_size=batch_size,
+                      sampler=items, num_workers=workers, worker_init_fn=_worker_init if workers else None,
+                      collate_fn=_Collate(_fast_memory_format(device)),
+                      pin_memory=device.type == "cuda", persistent_workers=False)
 
 
 # --- which samples: pages from the database -----------------------------------------------------
@@ -280,45 +285,66 @@ class PendingSamples:
 # --- the loop -----------------------------------------------------------------------------------
 
 
-def scan(dataset, model: AuditModel, options: ScanOptions | None = None, progress=None) -> ScanSummary:
-    """Scan the unscanned samples of ``dataset`` (a dataset or a view) with ``model``.
+def check_ensemble(models: list[AuditModel]) -> None:
+    """Models scanned together must share their classes (their probabilities are averaged) and device."""
+    for model in models[1:]:
+        if model.classes != models[0].classes:
+            raise ModelError(f"{model.name} and {models[0].name} predict different classes: "
+                             "an ensemble needs models with the same classes")
+        if model.device != models[0].device:
+            raise ModelError("the models of an ensemble must run on the same device")
+
+
+def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | None = None,
+         progress=None) -> ScanSummary:
+    """Scan the unscanned samples of ``dataset`` (a dataset or a view) with ``models`` (one model,
+    or several: an ensemble, see `audit.evidence.batch_evidence`).
 
     ``progress`` is a rich Progress or None. Raises `audit.lock.LockError` when another scan of
     the same dataset (and shard) runs. Ctrl-C (or SIGTERM) stops after writing what is done:
     ``interrupted`` is then set, and the same call resumes."""
     options = options or ScanOptions()
+    models = [models] if isinstance(models, AuditModel) else list(models)
+    check_ensemble(models)
     root = dataset._root_dataset  # ``dataset`` may be a view (the App's plugin)
     db.declare_audit_fields(root)
-    key = scan_key(model, options)
+    key = scan_key(models, options)
+    db.save_audit_info(root, scan={"models": [model.settings() for model in models], "key": key,
+                                   "box_threshold": options.box_threshold, "all_boxes": options.all_boxes,
+                                   "class_maps": options.class_maps, "second_opinion": options.second_opinion,
+                                   "tool_version": audit.__version__})
     out_dir = maps_dir(dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = BulkWriter(dataset, key)
+    suffixes = [""] + [f".{field_suffix(model)}" for model in models[1:]]
     skipped, unreadable, interrupted, started = 0, 0, False, time.perf_counter()
-    with ScanLock(root.name, options.shard) as lock, _sigterm_as_interrupt(), \
-            model_runtime(model, options) as workers, \
+    with ScanLock(root.name, options.shard) as lock, _sigterm_as_interrupt(), ExitStack() as runtimes, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-maps") as png_writer:
         try:
+            workers = [runtimes.enter_context(model_runtime(model, options)) for model in models][0]
             total, done = count_shard(dataset, key, options.shard)
             skipped = 0 if options.restart else done
             todo = total - skipped if options.limit is None else min(total - skipped, options.limit)
             task = progress.add_task("scanning", total=todo) if progress else None
             pending = PendingSamples(dataset, key, options, boxes=options.second_opinion)
-            for batch in make_loader(pending, model, options.batch_size, workers, pictures=options.second_opinion):
+            for batch in make_loader(pending, models, options.batch_size, workers):
+                given_labels = [pending.given.pop(sample_id) for sample_id in batch["index"]]
+                given_indices = [model_class_index(models[0], label) for label in given_labels]
                 if options.second_opinion:
                     batch["gt_boxes"] = [pending.boxes.pop(sample_id, None) for sample_id in batch["index"]]
-                results = explain_batch(model, batch, options.box_threshold, second_opinion=options.second_opinion)
-                for sample_id, result in zip(batch["index"], results):
-                    given_label = pending.given.pop(sample_id)
-                    if result.get("error"):
+                samples = batch_evidence(models, batch, given_indices, options.evidence())
+                for row, (sample_id, sample) in enumerate(zip(batch["index"], samples)):
+                    if sample is None:
                         unreadable += 1
-                        writer.add(sample_id, error_fields(result["error"]))
+                        writer.add(sample_id, error_fields(batch["error"][row], models))
                         continue
-                    path = out_dir / f"{sample_id}.png"
-                    written = png_writer.submit(write_map, path, result["map"])
-                    fields = sample_fields(model, result, given_label, model_class_index(model, given_label), path)
+                    paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in suffixes]
+                    written = [png_writer.submit(write_map, path, result["map"])
+                               for path, result in zip(paths, sample["results"])]
+                    fields = sample_fields(models, sample, given_labels[row], given_indices[row], paths)
                     writer.add(sample_id, fields, written)
                 if progress:
-                    progress.advance(task, len(results))
+                    progress.advance(task, len(samples))
                 writer.flush_if_due()
                 if lock.lost:
                     raise LockError(f"lost the scan lock of '{root.name}' (this process stalled for over "
@@ -331,10 +357,17 @@ def scan(dataset, model: AuditModel, options: ScanOptions | None = None, progres
                        writer.write_seconds)
 
 
-def error_fields(message: str) -> dict:
+def error_fields(message: str, models: list[AuditModel]) -> dict:
     """The fields of a sample whose image could not be read: the error, and no stale results."""
-    return {db.PREDICTIONS: None, db.EIGENCAM: None, db.EIGENCAM_BOX: None, db.ERROR: message,
-            db.SIGNALS: {"error": message}}
+    fields = {name: None for name in (db.PREDICTIONS, db.EIGENCAM, db.EIGENCAM_BOX, db.EIGENCAM_PC2,
+                                      db.GRADCAM_PRED, db.GRADCAM_GIVEN)}
+    if len(models) > 1:
+        for index, model in enumerate(models):
+            suffix = field_suffix(model)
+            fields[f"{db.PREDICTIONS}_{suffix}"] = None
+            if index:
+                fields.update({f"{db.EIGENCAM}_{suffix}": None, f"{db.EIGENCAM_BOX}_{suffix}": None})
+    return {**fields, db.ERROR: message, db.SIGNALS: {"error": message}}
 
 
 def write_map(path: Path, heatmap) -> bool:
@@ -380,10 +413,9 @@ class BulkWriter:
         self.written = 0
         self.write_seconds = 0.0
 
-    def add(self, sample_id: str, fields: dict, pending_file=None) -> None:
+    def add(self, sample_id: str, fields: dict, pending_files=()) -> None:
         self.rows[sample_id] = fields
-        if pending_file is not None:
-            self.pending.append(pending_file)
+        self.pending.extend(pending_files)
 
     def flush_if_due(self) -> None:
         if len(self.rows) >= settings.FLUSH_EVERY_SAMPLES:

@@ -14,6 +14,7 @@ SAMPLE_DATA_DIR = PACKAGE_DIR.parent / "sample_data"
 
 DEFAULT_BATCH_SIZE = 32
 MAP_MAX_SIDE = 224  # heatmap files are stored at most this many pixels on their longer side
+SMALL_MAP_SIDE = 64  # the second component and the class maps are stored inline, this small
 FLUSH_EVERY_SAMPLES = int(os.environ.get("AUDIT_FLUSH_EVERY", 256))  # bulk writes to the database at least this often
 DATABASE_TIMEOUT_SECONDS = float(os.environ.get("AUDIT_DATABASE_TIMEOUT", 5))  # to reach FIFTYONE_DATABASE_URI
 LOCK_STALE_SECONDS = float(os.environ.get("AUDIT_LOCK_STALE_SECONDS", 300))  # a scan lock without heartbeat this long is dead

