@@ -21,10 +21,14 @@ DEFAULT_ADDRESS = "127.0.0.1"
 # Colours chosen to read over photos and apart from each other. Coloured by field, FiftyOne paints a
 # heatmap in its field's colour with the opacity growing with the value: the Eigen-CAM map is a red
 # glow where it is strongest, and the photo stays visible elsewhere. White (with FiftyOne's dark
-# outline) for the Eigen-CAM box, green for ground-truth boxes, orange for the prediction.
+# outline) for the Eigen-CAM box, green for ground-truth boxes, orange for the prediction. The other
+# maps (off by default: switch them on in the sidebar) glow in the colour of what they explain:
+# Grad-CAM of the prediction orange, of the given label teal (the label's colour), the second
+# Eigen-CAM component magenta.
 FIELD_COLOURS = {db.EIGENCAM: "#ff1a1a", db.EIGENCAM_BOX: "#ffffff", db.GT_BOXES: "#00dc00",
                  db.GROUND_TRUTH: "#1f9e89", db.PREDICTIONS: "#ff8c00", db.CATEGORY: "#d62728",
-                 db.SCORE: "#8c2d04"}
+                 db.SCORE: "#8c2d04", db.EIGENCAM_PC2: "#ff00ff", db.GRADCAM_PRED: "#ff8c00",
+                 db.GRADCAM_GIVEN: "#1f9e89"}
 # Used when the user switches the App to colour by value: "jet" like the report, red = strongest.
 HEATMAP_COLORSCALE = "jet"
 # The verdict's colour on the tiles, as in the report and the panel.
@@ -65,7 +69,8 @@ def apply_app_defaults(dataset) -> None:
     config.color_scheme = fo.ColorScheme(
         color_by="field",
         opacity=0.55,
-        colorscales=[{"path": db.EIGENCAM, "name": HEATMAP_COLORSCALE}],
+        colorscales=[{"path": path, "name": HEATMAP_COLORSCALE}
+                     for path in (db.EIGENCAM, db.EIGENCAM_PC2, db.GRADCAM_PRED, db.GRADCAM_GIVEN)],
         fields=[{"path": path, "fieldColor": colour} for path, colour in
                 {**FIELD_COLOURS, label: FIELD_COLOURS[db.GROUND_TRUTH]}.items() if path in present
                 and path != db.CATEGORY]

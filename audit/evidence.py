@@ -35,7 +35,9 @@ CROP_PAD = 0.1  # a crop for a second opinion is grown by this share of the box 
 # that is about a fifth of the samples, and ranking them with views only loses nothing
 # (AP 0.381 against 0.380 with views for all).
 SECOND_OPINION_MARGIN = 0.2
-VIEWS = ("flip", "object", "gt_box")
+# The given label's evidence region: where its Grad-CAM is at least this share of its maximum.
+EVIDENCE_THRESHOLD = 0.5
+VIEWS = ("flip", "object", "gt_box", "given_evidence")
 
 
 @dataclass
@@ -73,9 +75,10 @@ def explain_batch(model: AuditModel, images: torch.Tensor, batch: dict, options:
     Eigen-CAM component in image coordinates (uint8, at most MAP_MAX_SIDE pixels a side); ``boxes``
     (relative [x, y, w, h], largest segment first); ``variance_ratio`` of the first two components;
     ``visible_fraction``; ``pc2``, the second component, small (SMALL_MAP_SIDE); and with
-    ``options.class_maps``, ``class_maps`` {"pred", "given"} (small, uint8) and ``on_object``, the
+    ``options.class_maps``, ``class_maps`` {"pred", "given"} (small, uint8), ``on_object``, the
     share of each class map's mass inside the Eigen-CAM box (higher = the class's evidence is on
-    the dominant object)."""
+    the dominant object), and ``given_evidence_box``, the box around the given class's strongest
+    evidence (where its Grad-CAM is at least EVIDENCE_THRESHOLD of its maximum) or None."""
     images = images.to(model.device, non_blocking=True)
     logits, activations = model.forward(images)
     probabilities = torch.softmax(logits.float(), dim=1).cpu()
@@ -108,6 +111,7 @@ def explain_batch(model: AuditModel, images: torch.Tensor, batch: dict, options:
                 small["given"] = small_map(model, discriminative[row, 1], width, height)
             result["class_maps"] = {name: to_uint8(m) for name, m in small.items()}
             result["on_object"] = {name: share_inside(m, boxes[0]) for name, m in small.items()} if boxes else {}
+            result["given_evidence_box"] = _relative_box(small.get("given"), EVIDENCE_THRESHOLD)
         results.append(result)
     return results
 
@@ -121,6 +125,16 @@ def map_and_boxes(model: AuditModel, model_map: np.ndarray, width: int, height: 
     found = boxes_from_map(image_map, threshold=box_threshold, multiple=all_boxes)
     return image_map, [[x1 / frame_w, y1 / frame_h, (x2 - x1) / frame_w, (y2 - y1) / frame_h]
                        for x1, y1, x2, y2 in found]
+
+
+def _relative_box(image_map: np.ndarray | None, threshold: float) -> list[float] | None:
+    """The relative [x, y, w, h] box of the map's largest segment at ``threshold``, or None."""
+    found = boxes_from_map(image_map, threshold=threshold) if image_map is not None else []
+    if not found:
+        return None
+    height, width = image_map.shape
+    x1, y1, x2, y2 = found[0]
+    return [x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height]
 
 
 def small_map(model: AuditModel, model_map: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -145,7 +159,7 @@ def share_inside(image_map: np.ndarray, box: list[float]) -> float:
     height, width = image_map.shape
     x, y, w, h = box
     inside = image_map[int(y * height):math.ceil((y + h) * height), int(x * width):math.ceil((x + w) * width)]
-    return float(inside.sum() / max(float(image_map.sum()), 1e-12))
+    return min(1.0, float(inside.sum(dtype=np.float64)) / max(float(image_map.sum(dtype=np.float64)), 1e-12))
 
 
 # --- second opinions ------------------------------------------------------------------------------
@@ -173,18 +187,20 @@ def crop_relative(image: Image.Image, box: list[float], pad: float = CROP_PAD) -
 
 @torch.inference_mode()
 def view_probabilities(model: AuditModel, images: torch.Tensor, rows: list[int], pictures: dict,
-                       cam_boxes: dict, gt_boxes: dict) -> dict[int, dict[str, torch.Tensor]]:
+                       crops: dict[str, dict]) -> dict[int, dict[str, torch.Tensor]]:
     """Second opinions for the samples at ``rows`` of the batch: the class probabilities of the
-    mirrored model input (``flip``: is the decision stable?), of the crop of the Eigen-CAM box
-    (``object``: what is the dominant object?) and of the largest ground-truth box (``gt_box``:
-    what is the annotated object?). Crops are cut from ``pictures`` (row -> decoded PIL image) at
-    the relative boxes in ``cam_boxes`` / ``gt_boxes`` (row -> box or None). Run in chunks of the
-    batch's size, so memory stays that of a batch."""
+    mirrored model input (``flip``: is the decision stable?) and of crops of the image, cut from
+    ``pictures`` (row -> decoded PIL image) at the relative boxes of ``crops`` (view name -> row ->
+    box or None): the Eigen-CAM box (``object``: what is the dominant object?), the largest
+    ground-truth box (``gt_box``: what is the annotated object?) and the given label's evidence
+    region (``given_evidence``: is the labelled object there, only out-shone by another?). Run in
+    chunks of the batch's size, so memory stays that of a batch."""
     inputs, owners = [], []
     for row in rows:
         inputs.append(torch.flip(images[row], dims=[2]))
         owners.append((row, "flip"))
-        for name, box in (("object", cam_boxes.get(row)), ("gt_box", gt_boxes.get(row))):
+        for name, boxes in crops.items():
+            box = boxes.get(row)
             if box is not None and pictures.get(row) is not None:
                 inputs.append(model.preprocess(crop_relative(pictures[row], box)))
                 owners.append((row, name))
@@ -229,8 +245,11 @@ def batch_evidence(models: list[AuditModel], batch: dict, given_indices: list[in
     pictures = {row: _decode_again(batch["filepath"][row], min_side) for row in rows}
     gt_boxes = {row: _largest(batch["gt_boxes"][row]) for row in rows} if batch.get("gt_boxes") else {}
     for index, (model, images) in enumerate(zip(models, batch["images"])):
-        cam_boxes = {row: (samples[row]["results"][index]["boxes"] or [None])[0] for row in rows}
-        for row, views in view_probabilities(model, images, rows, pictures, cam_boxes, gt_boxes).items():
+        results = {row: samples[row]["results"][index] for row in rows}
+        crops = {"object": {row: (result["boxes"] or [None])[0] for row, result in results.items()},
+                 "gt_box": gt_boxes,
+                 "given_evidence": {row: result.get("given_evidence_box") for row, result in results.items()}}
+        for row, views in view_probabilities(model, images, rows, pictures, crops).items():
             samples[row]["views"][index] = views
     return samples
 

@@ -12,16 +12,19 @@ from audit.images import open_rgb
 BOX_COLOURS = {"eigencam": (255, 255, 255), "ground_truth": (0, 220, 0)}
 
 
-def overlay(filepath: str, map_path: str | None, boxes: dict[str, list[list[float]]], max_side: int = 320,
-            alpha: float = 0.45) -> np.ndarray:
-    """An RGB uint8 picture: the image (EXIF-rotated, at most ``max_side``), the heatmap blended in
-    with the JET colours (red = strongest), and each named group of relative [x, y, w, h] boxes."""
+def overlay(filepath: str, heatmap: str | np.ndarray | None, boxes: dict[str, list[list[float]]],
+            max_side: int = 320, alpha: float = 0.45) -> np.ndarray:
+    """An RGB uint8 picture: the image (EXIF-rotated, at most ``max_side``), the heatmap (a PNG's
+    path or a uint8 array in the image's frame) blended in with the JET colours (red = strongest),
+    and each named group of relative [x, y, w, h] boxes."""
     image = open_rgb(filepath, max_side)
     image.thumbnail((max_side, max_side))
     picture = np.asarray(image).copy()
     height, width = picture.shape[:2]
-    if map_path and Path(map_path).is_file():
-        heat = cv2.resize(cv2.imread(map_path, cv2.IMREAD_GRAYSCALE), (width, height), interpolation=cv2.INTER_LINEAR)
+    if isinstance(heatmap, (str, Path)):
+        heatmap = cv2.imread(str(heatmap), cv2.IMREAD_GRAYSCALE) if Path(heatmap).is_file() else None
+    if heatmap is not None:
+        heat = cv2.resize(np.asarray(heatmap, np.uint8), (width, height), interpolation=cv2.INTER_LINEAR)
         coloured = cv2.cvtColor(cv2.applyColorMap(heat, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
         picture = (picture * (1 - alpha) + coloured * alpha).astype(np.uint8)
     for group, group_boxes in boxes.items():

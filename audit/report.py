@@ -136,6 +136,13 @@ def _card(rank: int, sample, label_field: str, max_side: int) -> str:
                     f'<figure><img src="{explained}" alt="Eigen-CAM"><figcaption>Eigen-CAM (red = strongest)'
                     f'{", white box" if boxes.get("eigencam") else ""}'
                     f'{", green: ground-truth boxes" if boxes.get("ground_truth") else ""}</figcaption></figure>')
+        given_map = sample[db.GRADCAM_GIVEN] if sample.has_field(db.GRADCAM_GIVEN) else None
+        if given_map is not None and prediction is not None and prediction.label != given:
+            evidence = _jpeg_data_uri(overlay(sample.filepath, given_map.map, {}, max_side=max_side))
+            given_prob = (sample[db.SIGNALS] or {}).get("given_prob")
+            strength = "" if given_prob is None else f", p = {given_prob:.3f}"
+            pictures += (f'<figure><img src="{evidence}" alt="Grad-CAM of the given label"><figcaption>where '
+                         f'the model sees most of \'{html.escape(given)}\' (Grad-CAM{strength})</figcaption></figure>')
     except Exception as error:  # an unreadable image still gets its row
         pictures = f'<div class="missing">image not readable: {html.escape(str(error)[:120])}</div>'
     category = sample[db.CATEGORY]
@@ -157,7 +164,7 @@ def _card(rank: int, sample, label_field: str, max_side: int) -> str:
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;margin:0;background:#f6f6f4}
-main{max-width:1100px;margin:0 auto;padding:24px}
+main{max-width:1200px;margin:0 auto;padding:24px}
 h1{font-size:24px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 10px}
 .meta{color:#666;margin-bottom:18px}
 .summary{display:flex;flex-wrap:wrap;gap:20px;align-items:stretch}
@@ -168,8 +175,8 @@ h1{font-size:24px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 10px}
 .bar{height:12px;border-radius:3px}.meaning{color:#666;font-size:12px;max-width:230px}
 .badge{display:inline-block;color:#fff;border-radius:10px;padding:1px 9px;font-size:12px;white-space:nowrap}
 .card{display:flex;gap:18px;background:#fff;border:1px solid #e2e2e2;border-radius:8px;padding:14px;margin:0 0 14px}
-.pics{display:flex;gap:10px;flex:none}.pics figure{margin:0}.pics img{display:block;max-width:250px;max-height:250px;border-radius:4px}
-figcaption{color:#666;font-size:12px;margin-top:3px;max-width:250px}
+.pics{display:flex;gap:10px;flex:none}.pics figure{margin:0}.pics img{display:block;max-width:210px;max-height:210px;border-radius:4px}
+figcaption{color:#666;font-size:12px;margin-top:3px;max-width:210px}
 .facts{min-width:0}.title{font-weight:600;font-size:16px;margin-bottom:6px}.rank{color:#999}
 .kv th{text-align:left;color:#666;font-weight:normal;padding:1px 12px 1px 0}.kv td{padding:1px 0}
 .wrong{text-decoration:line-through;color:#b00}.suggested{color:#070;font-weight:600}
@@ -180,7 +187,7 @@ footer{color:#888;font-size:12px;margin-top:24px}
 """
 
 
-def build_report(collection, top: int = 25, max_side: int = 250, title: str | None = None) -> str:
+def build_report(collection, top: int = 25, max_side: int = 210, title: str | None = None) -> str:
     """The report page of a dataset (or view) as one HTML string."""
     dataset = collection._root_dataset
     label_field = db.label_field(dataset)
@@ -216,7 +223,7 @@ def build_report(collection, top: int = 25, max_side: int = 250, title: str | No
     return "".join(parts)
 
 
-def write_report(collection, out: Path, top: int = 25, overwrite: bool = False, max_side: int = 250) -> int:
+def write_report(collection, out: Path, top: int = 25, overwrite: bool = False, max_side: int = 210) -> int:
     """Write the report atomically (never over an existing file unless ``overwrite``); returns the
     number of flagged samples shown."""
     out = Path(out)

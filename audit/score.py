@@ -4,15 +4,18 @@ signals the scan stored, so a dataset can be re-scored without the model (``audi
 ``mislabel_score`` is in [0, 1]; higher means more likely that the given label is wrong. It is the
 complement of cleanlab's normalised margin, (1 - (p(given) - max p(other))) / 2, taken on the
 *consensus* distribution: the mean of the class probabilities of the whole image, its mirror
-image, the crop of the Eigen-CAM box (the dominant object) and the crop of the ground-truth box
-when there is one. 0.5 means the given class ties with the best other class; near 1, another class
-takes all the probability in every view. Without second opinions it falls back to the whole image.
+image, the crop of the Eigen-CAM box (the dominant object), the crop of the ground-truth box when
+there is one, and the crop of the given label's evidence region (where its Grad-CAM is strongest).
+0.5 means the given class ties with the best other class; near 1, another class takes all the
+probability in every view. The scan asks for these second opinions only where the whole image
+leaves the label in doubt (see `audit.evidence.needs_second_opinion`); elsewhere, and without
+them, the score is that of the whole image.
 
 Categories follow the error analysis of Eigen-CAM (Bany Muhammad & Yeasin, 2021): because the
 dominant object is found without the class decision, classifying it alone tells a label error
 (the dominant object is confidently another class, and the given class has no evidence anywhere)
 from a classifier failure (the given class has evidence on the dominant or the annotated object,
-but the whole-image decision goes elsewhere or is unsure).
+or where its own class map points, but the whole-image decision goes elsewhere or is unsure).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def judge(signals: dict, use_views: bool = True) -> Verdict:
              "max_other_prob": signals["max_other_prob"]}
     consensus = signals["consensus"] if views and "consensus" in signals else whole
     score = normalised_margin_score(consensus)
-    dominant, annotated = views.get("object"), views.get("gt_box")
+    dominant, annotated, labelled = views.get("object"), views.get("gt_box"), views.get("given_evidence")
     evidence = max([whole["given_prob"]] + [v["given_prob"] for v in views.values()])
     reasons = [predicted_text, f"'{given}' at {whole['given_prob']:.3f} (rank {signals['given_rank']})"]
     if dominant:
@@ -88,10 +91,12 @@ def judge(signals: dict, use_views: bool = True) -> Verdict:
         reasons.append(f"no evidence for '{given}' in any view" if evidence < NO_EVIDENCE
                        else f"little evidence for '{given}' (at most {evidence:.2f})")
         return Verdict("suspected_mislabel", score, reasons, suggestion)
-    on_object = [v["given_prob"] for v in (dominant, annotated) if v]
-    if on_object and max(on_object) >= SOME_EVIDENCE:
-        reasons.append(f"'{given}' has evidence on the {'dominant' if dominant and dominant['given_prob'] >= SOME_EVIDENCE else 'annotated'} "
-                       f"object (up to {max(on_object):.2f}): the model looks elsewhere")
+    places = (("the dominant object", dominant), ("the annotated object", annotated),
+              ("where its evidence is strongest", labelled))
+    on_object = {place: view["given_prob"] for place, view in places if view}
+    if on_object and max(on_object.values()) >= SOME_EVIDENCE:
+        place = max(on_object, key=on_object.get)
+        reasons.append(f"'{given}' is seen on {place} (at {on_object[place]:.2f} there): the model looks elsewhere")
         return Verdict("classifier_failure", score, reasons, None)
     second_share = (signals.get("cam_variance_ratio") or [0, 0])[1]
     if second_share >= SECOND_OBJECT_SHARE or consensus["top_prob"] >= CONFIDENT:

@@ -1,0 +1,113 @@
+"""The maps a scan stores beside the first Eigen-CAM component: the second component and the class
+maps of the predicted and the given class, in the photo's frame; and `--all-boxes`, a box for each
+of two objects far apart. The real embedded model on real photos, a real database."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from audit import db
+from audit.data import open_source
+from audit.scan import ScanOptions, scan
+
+from conftest import SAMPLE_DATA
+
+PHOTOS = {"chelsea.jpg": "tiger cat", "rocket.jpg": "missile",  # predicted as labelled
+          "coffee.jpg": "tripod", "camera.jpg": "espresso"}  # labelled wrong on purpose
+INLINE_MAPS = (db.EIGENCAM_PC2, db.GRADCAM_PRED, db.GRADCAM_GIVEN)
+
+
+def make_dataset(name: str, rows: list[tuple[Path, str]], folder: Path):
+    """A FiftyOne dataset from a CSV of (image file, label) rows, as `audit scan csv` makes it."""
+    table = folder / f"{name}.csv"
+    table.write_text("filepath,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
+    dataset, added = open_source("csv", str(table), name, None, "ground_truth", None, None, warn=print)
+    assert added == len(rows)
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def scanned_photos(embedded_model, tmp_path_factory):
+    """The photos of PHOTOS scanned with the default options: name -> sample."""
+    dataset = make_dataset("maps", [(SAMPLE_DATA / name, label) for name, label in PHOTOS.items()],
+                           tmp_path_factory.mktemp("maps"))
+    assert scan(dataset, embedded_model, ScanOptions(workers=0)).scanned == len(PHOTOS)
+    return {Path(sample.filepath).name: sample for sample in dataset}
+
+
+def test_the_second_component_and_the_class_maps_are_stored_in_the_photos_frame(scanned_photos):
+    for name, sample in scanned_photos.items():
+        width, height = Image.open(SAMPLE_DATA / name).size
+        for field in INLINE_MAPS:
+            heatmap = sample[field].map
+            assert heatmap.dtype == np.uint8 and heatmap.ndim == 2, (name, field)
+            assert abs(heatmap.shape[1] / heatmap.shape[0] - width / height) < 0.05, (name, field)
+            assert heatmap.max() == 255, (name, field)
+
+
+def test_the_class_maps_differ_where_the_label_is_wrong_and_agree_where_it_is_right(scanned_photos):
+    for name, sample in scanned_photos.items():
+        signals = sample[db.SIGNALS]
+        predicted, given = sample[db.GRADCAM_PRED].map, sample[db.GRADCAM_GIVEN].map
+        if name in ("coffee.jpg", "camera.jpg"):
+            assert signals["pred_index"] != signals["given_index"], name
+            mean_difference = np.abs(predicted.astype(float) - given.astype(float)).mean()
+            assert mean_difference > 15, (name, mean_difference)  # of 255
+        else:
+            assert signals["pred_index"] == signals["given_index"], name
+            np.testing.assert_array_equal(predicted, given)
+        # Shares of each class map's mass inside the Eigen-CAM box; the predicted class's evidence
+        # lies mostly on the dominant object.
+        shares = signals["class_map_on_object"]
+        assert set(shares) == {"pred", "given"} and all(0.0 <= share <= 1.0 for share in shares.values()), name
+        assert shares["pred"] > 0.5, name
+
+
+# --- --all-boxes -------------------------------------------------------------------------------------
+
+
+def noise_canvas(width: int, height: int) -> np.ndarray:
+    """Mid-gray with faint noise (a JPEG of a flat colour is too easy)."""
+    noise = np.random.default_rng(0).normal(0, 12, (height, width, 3))
+    return np.clip(128 + noise, 0, 255).astype(np.uint8)
+
+
+def paste(canvas: np.ndarray, picture: np.ndarray, left: int, top: int, width: int) -> tuple[int, int, int, int]:
+    """Paste ``picture`` resized to ``width`` (aspect kept) at (left, top); returns its (x1, y1, x2, y2)."""
+    height = round(width * picture.shape[0] / picture.shape[1])
+    resized = Image.fromarray(picture).resize((width, height), Image.BICUBIC)
+    canvas[top:top + height, left:left + width] = np.asarray(resized)
+    return left, top, left + width, top + height
+
+
+def covered_share(box, target) -> float:
+    """Share of ``target``'s area inside ``box`` (both x1, y1, x2, y2)."""
+    across = max(0.0, min(box[2], target[2]) - max(box[0], target[0]))
+    down = max(0.0, min(box[3], target[3]) - max(box[1], target[1]))
+    return across * down / ((target[2] - target[0]) * (target[3] - target[1]))
+
+
+def test_all_boxes_gives_a_box_for_each_of_two_objects_far_apart(embedded_model, tmp_path, one_torch_thread):
+    side = 448  # square: the centre crop keeps 7/8 of it, both cups included
+    canvas = noise_canvas(side, side)
+    cup = skimage.data.coffee()[10:395, 70:485]  # the cup and saucer, without most of the table
+    top_left = paste(canvas, cup, 40, 40, 130)
+    bottom_right = paste(canvas, cup, 278, 278, 130)
+    path = tmp_path / "two-cups.jpg"
+    Image.fromarray(canvas).save(path, quality=92)
+    dataset = make_dataset("two-cups", [(path, "espresso")], tmp_path)
+
+    scan(dataset, embedded_model, ScanOptions(workers=0))
+    assert len(dataset.first()[db.EIGENCAM_BOX].detections) == 1
+
+    assert scan(dataset, embedded_model, ScanOptions(workers=0, all_boxes=True)).scanned == 1  # other settings: redone
+    boxes = []
+    for detection in dataset.first()[db.EIGENCAM_BOX].detections:
+        x, y, w, h = detection.bounding_box
+        boxes.append((x * side, y * side, (x + w) * side, (y + h) * side))
+    assert len(boxes) >= 2
+    for cup_box, other in ((top_left, bottom_right), (bottom_right, top_left)):
+        assert any(covered_share(box, cup_box) > 0.9 and covered_share(box, other) < 0.1 for box in boxes), boxes
