@@ -3,17 +3,18 @@ signals the scan stored, so a dataset can be re-scored without the model (``audi
 
 ``mislabel_score`` is in [0, 1]; higher means more likely that the given label is wrong. It is the
 complement of cleanlab's normalised margin, (1 - (p(given) - max p(other))) / 2, taken on the
-*consensus* distribution: the mean of the class probabilities of the whole image, its mirror
-image, the crop of the Eigen-CAM box (the dominant object), the crop of the ground-truth box when
-there is one, and the crop of the given label's evidence region (where its Grad-CAM is strongest).
-0.5 means the given class ties with the best other class; near 1, another class takes all the
-probability in every view. The scan asks for these second opinions only where the whole image
-leaves the label in doubt (see `audit.evidence.needs_second_opinion`); elsewhere, and without
-them, the score is that of the whole image.
+*consensus* of second opinions: max p(other) from the mean class probabilities of the whole
+image, its mirror image and the crop of the ground-truth box when there is one; p(given) from the
+same views plus the crop of the given label's evidence region (where its Grad-CAM is strongest:
+is the labelled object there, only out-shone by another?). 0.5 means the given class ties with the
+best other class; near 1, another class takes all the probability in every view. The scan asks for
+these second opinions only where the whole image leaves the label in doubt (see
+`audit.evidence.needs_second_opinion`); elsewhere, and without them, the score is that of the whole
+image. The crop of the dominant object (the Eigen-CAM box) decides the category, not the score.
 
 Categories follow the error analysis of Eigen-CAM (Bany Muhammad & Yeasin, 2021): because the
 dominant object is found without the class decision, classifying it alone tells a label error
-(the dominant object is confidently another class, and the given class has no evidence anywhere)
+(the dominant object is confidently another class, and the given class has no evidence on it)
 from a classifier failure (the given class has evidence on the dominant or the annotated object,
 or where its own class map points, but the whole-image decision goes elsewhere or is unsure).
 """
@@ -76,21 +77,26 @@ def judge(signals: dict, use_views: bool = True) -> Verdict:
         reasons.append(f"the dominant object is classified '{dominant['top_label']}'{same} "
                        f"at {dominant['top_prob']:.2f}")
 
-    if consensus["top_label"] == given:
+    if given in (predicted, consensus["top_label"]):
         if annotated and annotated["given_prob"] < NO_EVIDENCE and whole["given_prob"] >= CONFIDENT:
             return Verdict("bad_box", score, [f"'{given}' at {whole['given_prob']:.2f} on the whole image but "
                                               f"{annotated['given_prob']:.3f} inside the ground-truth box"], None)
-        if consensus["given_prob"] - consensus["max_other_prob"] < AMBIGUOUS_MARGIN:
-            return Verdict("ambiguous", score, [f"'{given}' leads other classes by only "
-                                                f"{consensus['given_prob'] - consensus['max_other_prob']:.2f}"], None)
+        lead = consensus["given_prob"] - consensus["max_other_prob"]
+        if lead < AMBIGUOUS_MARGIN:
+            close = (f"'{given}' leads other classes by only {lead:.2f}" if lead >= 0 else
+                     f"'{given}' and '{consensus['top_label']}' are close ({consensus['given_prob']:.2f} and "
+                     f"{consensus['top_prob']:.2f} over the views)")
+            return Verdict("ambiguous", score, [close], None)
         return Verdict("ok", score, [], None)
 
     suggestion = consensus["top_label"]
-    dominant_agrees = dominant is None or dominant["top_label"] == suggestion
-    if consensus["top_prob"] >= CONFIDENT and dominant_agrees and consensus["given_prob"] < SOME_EVIDENCE:
+    judged = dominant or consensus  # without a crop of the dominant object, the whole image stands for it
+    dominant_is_another = (judged["top_label"] != given and judged["top_prob"] >= CONFIDENT
+                           and judged["given_prob"] < SOME_EVIDENCE)
+    if dominant_is_another or (consensus["top_prob"] >= CONFIDENT and evidence < NO_EVIDENCE):
         reasons.append(f"no evidence for '{given}' in any view" if evidence < NO_EVIDENCE
-                       else f"little evidence for '{given}' (at most {evidence:.2f})")
-        return Verdict("suspected_mislabel", score, reasons, suggestion)
+                       else f"little evidence for '{given}' on it (at most {evidence:.2f} in any view)")
+        return Verdict("suspected_mislabel", score, reasons, judged["top_label"] if dominant_is_another else suggestion)
     places = (("the dominant object", dominant), ("the annotated object", annotated),
               ("where its evidence is strongest", labelled))
     on_object = {place: view["given_prob"] for place, view in places if view}

@@ -6,11 +6,12 @@ listed in a CSV. In one run, each in its own process (so that peak memory is mea
   (a) a bare loop: decode + model forward, with the scan's DataLoader, workers, threads and model
       set-up (audit.scan.make_loader / model_runtime), no explanation, no database;
   (b) `audit scan` with default settings (audit.scan.scan, then the scoring, as the CLI runs them);
-  (c) the same with class maps and second opinions off.
+  (c) the same with class maps and second opinions off;
+  (e) with --modes ...,e: `audit scan --models lite`, the three-model EfficientNet-Lite ensemble.
 It prints images/s of each, the ratios b/a and c/a, the peak resident memory of each process
 (and of its decoding workers), and the database write time as a share of the scan. Images/s
 count the streaming loop only (model loading and ingest excluded; every mode the same way).
-The database is a throwaway one (FIFTYONE_DATABASE_DIR in the temporary folder), never yours.
+The database is a throwaway mongod of its own (audit.throwaway_db) in the temporary folder, never yours.
 
 --memory runs (b) at 2,000 and 20,000 images (or --sizes) and prints the peak memory of each and
 their ratio: the scan streams, so memory must not grow with the number of images beyond the
@@ -74,10 +75,11 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
     sys.path.insert(0, str(REPO))
     import torch
 
-    from audit.models.registry import load_model
+    from audit.models.registry import PRESETS, load_model
     from audit.scan import ScanOptions, make_loader, model_runtime, scan
 
     model = load_model("efficientnet_lite0", device="auto")
+    models = [model] + [load_model(name, device="auto") for name in PRESETS["lite"][1:]] if mode == "e" else [model]
     options = ScanOptions(workers=workers)
     if batch_size:
         options.batch_size = batch_size
@@ -103,7 +105,7 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
         dataset = db.load_dataset(name)
         if mode == "c":
             options.class_maps = options.second_opinion = False
-        summary = scan(dataset, model, options)
+        summary = scan(dataset, models, options)
         from audit.scan import plan_resources
 
         result = {"images": summary.scanned, "seconds": summary.seconds, "write_seconds": summary.write_seconds,
@@ -169,9 +171,11 @@ def main() -> None:
 
     folder = Path(options.keep) if options.keep else Path(tempfile.mkdtemp(prefix="audit-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "FIFTYONE_DATABASE_DIR": str(folder / "db"),
-           "FIFTYONE_DEFAULT_DATASET_DIR": str(folder / "datasets"), "FIFTYONE_DO_NOT_TRACK": "true"}
-    env.pop("FIFTYONE_DATABASE_URI", None)
+    sys.path.insert(0, str(REPO))
+    from audit.throwaway_db import start_throwaway_database
+
+    start_throwaway_database(folder / "db")  # FIFTYONE_DATABASE_URI for the children: never your database
+    env = dict(os.environ)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start; data in {folder}")
     try:
         if options.memory:
@@ -195,7 +199,7 @@ def main() -> None:
                   f"{first['workers']} decoding worker(s), {first['threads']} torch thread(s)"
                   + (f"; best of {options.rounds} interleaved rounds" if options.rounds > 1 else ""))
             labels = {"a": "bare loop: decode + forward", "b": "audit scan (defaults)",
-                      "c": "audit scan, no class maps / second opinions"}
+                      "c": "audit scan, no class maps / second opinions", "e": "audit scan --models lite (3 models)"}
             print(f"{'':4}{'':46} {'img/s':>7} {'peak MB':>8} {'workers MB':>10} {'DB write':>9}")
             for mode, row in results.items():
                 share = f"{100 * row['write_seconds'] / row['seconds']:.1f} %" if mode != "a" else ""
@@ -206,6 +210,8 @@ def main() -> None:
             for mode in ("c", "b"):
                 if mode in results and "a" in results:
                     print(f"{mode}/a = {results[mode]['img_s'] / results['a']['img_s']:.3f}")
+            if "e" in results and "b" in results:
+                print(f"e/b = {results['e']['img_s'] / results['b']['img_s']:.3f} (the ensemble against Lite0 alone)")
         print(f"load average {os.getloadavg()[0]:.2f} at the end")
     finally:
         if not options.keep:

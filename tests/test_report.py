@@ -29,7 +29,10 @@ def test_report_is_self_contained_small_and_ranked(dataset, tmp_path):
     flagged = db.flagged_view(dataset)
     assert page.count('<section class="card">') == len(flagged)
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert len(images) == 2 * len(flagged)  # the photo, and the photo with Eigen-CAM and box
+    # the photo, the photo with Eigen-CAM and box, and where the label's evidence is when the model disagrees
+    disagreeing = sum(sample.predictions.label != sample.ground_truth.label for sample in flagged)
+    assert disagreeing and len(images) == 2 * len(flagged) + disagreeing
+    assert page.count("where the model sees most of") == disagreeing
     assert all(src.startswith("data:image/jpeg;base64,") for src in images)
     assert base64.b64decode(images[0].split(",", 1)[1])[:2] == b"\xff\xd8"  # a real JPEG
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from elsewhere
