@@ -1,9 +1,11 @@
-"""The scoring is a pure function of stored signals: each category from the signals that define it."""
+"""The scoring is a pure function of stored signals: each category from the signals that define it.
+The signals are made by the scan's own code (`audit.evidence.sample_signals`) from class distributions."""
 
+import pytest
 import torch
 
 from audit.data.classes import imagenet_names
-from audit.evidence import distribution_signals
+from audit.evidence import sample_signals
 from audit.score import judge
 
 NAMES = imagenet_names()
@@ -19,24 +21,24 @@ def distribution(**probabilities) -> torch.Tensor:
     return vector + (vector == 0) * rest / int((vector == 0).sum())
 
 
-def signals(given: int, whole: torch.Tensor, **views: torch.Tensor) -> dict:
-    full = distribution_signals(whole, given, NAMES)
-    result = {"pred_label": full["top_label"], "pred_index": full["top_index"], "pred_prob": full["top_prob"],
-              "given_label": NAMES[given], "given_index": given, "given_prob": full["given_prob"],
-              "max_other_prob": full["max_other_prob"], "given_rank": full["given_rank"],
-              "cam_variance_ratio": [0.6, 0.05]}
-    if views:
-        result["views"] = {k: distribution_signals(v, given, NAMES) for k, v in views.items()}
-        result["consensus"] = distribution_signals(torch.stack([whole, *views.values()]).mean(0), given, NAMES)
-    return result
+@pytest.fixture(scope="module")
+def signals(embedded_model):
+    """signals(given, whole, **views): the audit_signals of a sample whose whole image and second
+    opinions (flip, object, gt_box, given_evidence) have these class distributions."""
+
+    def make(given: int, whole: torch.Tensor, **views: torch.Tensor) -> dict:
+        result = {"probabilities": whole, "boxes": [], "variance_ratio": [0.6, 0.05], "visible_fraction": 1.0}
+        return sample_signals([embedded_model], {"results": [result], "views": [views]}, NAMES[given], given)
+
+    return make
 
 
-def test_agreeing_confident_prediction_is_ok_and_scores_low():
+def test_agreeing_confident_prediction_is_ok_and_scores_low(signals):
     verdict = judge(signals(TABBY, distribution(tabby=0.9), flip=distribution(tabby=0.9)))
     assert verdict.category == "ok" and verdict.mislabel_score < 0.1 and verdict.reasons == []
 
 
-def test_dominant_object_confidently_another_class_is_a_suspected_mislabel():
+def test_dominant_object_confidently_another_class_is_a_suspected_mislabel(signals):
     whole = distribution(espresso=0.95, tripod=0.001)
     verdict = judge(signals(TRIPOD, whole, flip=whole, object=distribution(espresso=0.9, tripod=0.001)))
     assert verdict.category == "suspected_mislabel" and verdict.suggested_label == "espresso"
@@ -45,28 +47,42 @@ def test_dominant_object_confidently_another_class_is_a_suspected_mislabel():
     assert any("no evidence for 'tripod'" in r for r in verdict.reasons)
 
 
-def test_label_with_evidence_on_the_dominant_object_is_a_classifier_failure():
+def test_label_with_evidence_on_the_dominant_object_is_a_classifier_failure(signals):
     whole = distribution(espresso=0.4, tripod=0.3)
     verdict = judge(signals(TRIPOD, whole, flip=distribution(espresso=0.45, tripod=0.25),
                             object=distribution(tripod=0.45, espresso=0.3)))
     assert verdict.category == "classifier_failure" and verdict.suggested_label is None
 
 
-def test_ground_truth_box_off_the_object_is_a_bad_box():
+def test_ground_truth_box_off_the_object_is_a_bad_box(signals):
     whole = distribution(tabby=0.9)
     verdict = judge(signals(TABBY, whole, flip=whole, object=whole, gt_box=distribution(espresso=0.9, tabby=0.01)))
     assert verdict.category == "bad_box"
 
 
-def test_views_change_the_score_and_can_be_ablated():
+def test_views_change_the_score_and_can_be_ablated(signals):
     whole = distribution(espresso=0.5, tripod=0.4)
     with_views = signals(TRIPOD, whole, flip=distribution(tripod=0.8), object=distribution(tripod=0.8))
     assert judge(with_views).mislabel_score < 0.5 < judge(with_views, use_views=False).mislabel_score
 
 
-def test_unreadable_and_unknown_labels():
+def test_unreadable_and_unknown_labels(signals):
     assert judge({"error": "OSError: truncated"}).category == "error"
     unknown = signals(TABBY, distribution(tabby=0.9))
     unknown.update(given_label="my own class", given_index=None)
     verdict = judge(unknown)
     assert verdict.mislabel_score is None and "not one of the model's classes" in verdict.reasons[0]
+
+
+def test_the_labels_evidence_crop_testifies_only_for_the_label(signals):
+    whole = distribution(espresso=0.6, tripod=0.2)
+    crop = distribution(tripod=0.7)  # the crop where 'tripod' has its evidence: a tripod is there
+    plain = signals(TRIPOD, whole, flip=whole)
+    testified = signals(TRIPOD, whole, flip=whole, given_evidence=crop)
+    assert testified["consensus"]["given_prob"] == pytest.approx((0.2 + 0.2 + 0.7) / 3, abs=1e-5)
+    assert testified["consensus"]["max_other_prob"] == pytest.approx(plain["consensus"]["max_other_prob"])
+    assert judge(testified).mislabel_score < judge(plain).mislabel_score
+    # a crop chosen for a wrong label does not water down the confident true class
+    wrong = signals(TRIPOD, distribution(espresso=0.9, tripod=0.001), given_evidence=distribution(tabby=0.5))
+    assert wrong["consensus"]["max_other_prob"] == pytest.approx(0.9, abs=1e-5)
+    assert judge(wrong).category == "suspected_mislabel"
