@@ -217,7 +217,11 @@ def test_the_report_opens_in_the_browser(dataset, browser, tmp_path):
     page.goto(report.as_uri())
     page.get_by_text(f"Top {len(db.flagged_view(dataset))} flagged samples, most suspect first").wait_for()
     assert page.locator("section.card").count() == len(db.flagged_view(dataset))
-    assert page.locator("section.card img").count() == 2 * len(db.flagged_view(dataset))
+    flagged = db.flagged_view(dataset)
+    labels, predictions = flagged.values(["ground_truth.label", "predictions.label"])
+    disagreeing = sum(label != predicted for label, predicted in zip(labels, predictions))
+    # the photo, the photo with Eigen-CAM and box, and where the given label's evidence is when the model disagrees
+    assert page.locator("section.card img").count() == 2 * len(flagged) + disagreeing
     assert all(page.locator("section.card img").evaluate_all("imgs => imgs.map(i => i.naturalWidth > 0)"))
     assert page.locator("svg rect").count() > 0  # the histogram
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == []  # self-contained

@@ -200,8 +200,9 @@ class RunAudit(foo.Operator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         target = ctx.target_view()
-        inputs.str("model", label="Model", default="efficientnet_lite0",
-                   description="as in `audit models`; the embedded model needs no download")
+        inputs.str("model", label="Model(s)", default=",".join(_scanned_models(ctx.dataset)),
+                   description="as in `audit models`, comma-separated for an ensemble; by default the "
+                               "models of the dataset's last scan")
         inputs.bool("redo", label="Redo samples already scanned with these settings", default=False)
         inputs.str("message", view=types.Notice(), label=f"{len(target)} sample(s) will be audited on the "
                    "machine running the App (about 0.1-0.5 s an image on a CPU)")
@@ -214,14 +215,21 @@ class RunAudit(foo.Operator):
 
         target = ctx.target_view()
         yield ctx.trigger("set_progress", dict(label=f"loading the model for {len(target)} sample(s)"))
-        model = load_model(ctx.params.get("model") or "efficientnet_lite0", device="auto")
+        names = [n.strip() for n in (ctx.params.get("model") or "").split(",") if n.strip()]
+        models = [load_model(name, device="auto") for name in names or _scanned_models(ctx.dataset)]
         yield ctx.trigger("set_progress", dict(label=f"scanning {len(target)} sample(s)"))
-        summary = scan(target, model, ScanOptions(workers=0, restart=bool(ctx.params.get("redo"))))
+        summary = scan(target, models, ScanOptions(workers=0, restart=bool(ctx.params.get("redo"))))
         scoring = rescore(ctx.dataset)
         yield ctx.ops.reload_dataset()
         counts = ", ".join(f"{c} {n}" for c, n in sorted(scoring.counts.items()))
         yield ctx.ops.notify(f"scanned {summary.scanned}, already done {summary.skipped}; {counts}",
                              variant="success")
+
+
+def _scanned_models(dataset) -> list[str]:
+    """The models of the dataset's last scan (so a re-run matches it), else the embedded default."""
+    scanned = dataset.info.get("audit", {}).get("scan", {}).get("models", [])
+    return [entry["model"] for entry in scanned] or ["efficientnet_lite0"]
 
 
 class AuditSummary(foo.Panel):
