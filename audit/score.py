@@ -5,8 +5,8 @@ signals the scan stored, so a dataset can be re-scored without the model (``audi
 complement of cleanlab's normalised margin, (1 - (p(given) - max p(other))) / 2, taken on the
 *consensus* of second opinions: max p(other) from the mean class probabilities of the whole
 image, its mirror image and the crop of the ground-truth box when there is one; p(given) from the
-same views plus the crop of the given label's evidence region (where its Grad-CAM is strongest:
-is the labelled object there, only out-shone by another?). 0.5 means the given class ties with the
+same views, raised (never lowered) by averaging in the crop of the given label's evidence region
+(where its Grad-CAM is strongest: is the labelled object there, only out-shone by another?). 0.5 means the given class ties with the
 best other class; near 1, another class takes all the probability in every view. The scan asks for
 these second opinions only where the whole image leaves the label in doubt (see
 `audit.evidence.needs_second_opinion`); elsewhere, and without them, the score is that of the whole

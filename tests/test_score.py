@@ -82,6 +82,9 @@ def test_the_labels_evidence_crop_testifies_only_for_the_label(signals):
     assert testified["consensus"]["given_prob"] == pytest.approx((0.2 + 0.2 + 0.7) / 3, abs=1e-5)
     assert testified["consensus"]["max_other_prob"] == pytest.approx(plain["consensus"]["max_other_prob"])
     assert judge(testified).mislabel_score < judge(plain).mislabel_score
+    # a crop less sure of the label than the whole image does not lower its standing
+    unsure = signals(TRIPOD, whole, flip=whole, given_evidence=distribution(tripod=0.05))
+    assert unsure["consensus"]["given_prob"] == pytest.approx(plain["consensus"]["given_prob"])
     # a crop chosen for a wrong label does not water down the confident true class
     wrong = signals(TRIPOD, distribution(espresso=0.9, tripod=0.001), given_evidence=distribution(tabby=0.5))
     assert wrong["consensus"]["max_other_prob"] == pytest.approx(0.9, abs=1e-5)
