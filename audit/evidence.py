@@ -286,7 +286,7 @@ def distribution_signals(probabilities: torch.Tensor, given_index: int | None, c
     return signals
 
 
-def agreement_signals(models: list[AuditModel], results: list[dict], ensemble_top: int) -> dict:
+def agreement_signals(results: list[dict], ensemble_top: int) -> dict:
     """How far an ensemble's members agree: ``models_agree``, the share whose top-1 is the
     ensemble's (1 = all); ``box_iou``, the mean IoU of their Eigen-CAM boxes over pairs of models
     (1 = they single out the same object, 0 = different objects or a model without a box)."""
@@ -338,7 +338,7 @@ def sample_signals(models: list[AuditModel], sample: dict, given_label: str | No
     if len(models) > 1:
         signals["models"] = {field_suffix(m): distribution_signals(r["probabilities"], given_index, classes)
                              for m, r in zip(models, results)}
-        signals.update(agreement_signals(models, results, whole["top_index"]))
+        signals.update(agreement_signals(results, whole["top_index"]))
     return signals
 
 

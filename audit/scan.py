@@ -78,20 +78,14 @@ class ImageFiles(Dataset):
     """Decodes each image once for all the models: EXIF rotation applied (maps follow what the user
     sees), JPEGs decoded at reduced size when far larger than the models need; then every model's
     own preprocessing (``images``: one tensor per model). An unreadable file yields its error.
+    Items are ``(key, filepath)`` pairs, which the scan hands out lazily, page by page."""
 
-    Items are ``(key, filepath)`` pairs (the scan hands them out lazily, page by page) or, with
-    ``filepaths`` given, integer positions in that list."""
-
-    def __init__(self, filepaths: list[str] | None, preprocesses: list[Preprocess]):
-        self.filepaths = filepaths
+    def __init__(self, preprocesses: list[Preprocess]):
         self.preprocesses = preprocesses
         self.min_side = max(p.resize_short for p in preprocesses)
 
-    def __len__(self) -> int:
-        return len(self.filepaths or ())
-
-    def __getitem__(self, item) -> dict:
-        key, filepath = (item, self.filepaths[item]) if isinstance(item, int) else item
+    def __getitem__(self, item: tuple[str, str]) -> dict:
+        key, filepath = item
         try:
             image = open_rgb(filepath, self.min_side)
             tensors = [preprocess(image) for preprocess in self.preprocesses]
@@ -205,7 +199,7 @@ def make_loader(items, models: list[AuditModel], batch_size: int, workers: int) 
     """A DataLoader decoding ``items`` ((key, filepath) pairs, any iterable, read lazily) in
     ``workers`` processes for ``models`` (see `ImageFiles`), with pinned memory on CUDA."""
     device = models[0].device
-    return DataLoader(ImageFiles(None, [model.preprocess for model in models]), batch_size=batch_size,
+    return DataLoader(ImageFiles([model.preprocess for model in models]), batch_size=batch_size,
                       sampler=items, num_workers=workers, worker_init_fn=_worker_init if workers else None,
                       collate_fn=_Collate(_fast_memory_format(device)),
                       pin_memory=device.type == "cuda", persistent_workers=False)

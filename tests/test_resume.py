@@ -19,7 +19,7 @@ from audit.lock import LockError, ScanLock, _collection, held_locks
 
 from conftest import SAMPLE_DATA
 
-N_IMAGES = 48
+N_IMAGES = 72
 AUDIT = str(Path(sys.executable).parent / "audit")
 
 
