@@ -32,6 +32,9 @@ GT_BOXES = "gt_boxes"
 CATEGORIES = ("suspected_mislabel", "classifier_failure", "ambiguous", "bad_box", "ok", "error")
 FLAGGED_TAG = "audit-flagged"
 FLAGGED_VIEW = "audit-flagged"
+# A tag and a saved view of the same name per flagged category.
+CATEGORY_VIEWS = {"suspected_mislabel": "audit-mislabels", "classifier_failure": "audit-failures",
+                  "ambiguous": "audit-ambiguous", "bad_box": "audit-bad-boxes"}
 
 
 class DatasetError(Exception):
@@ -179,10 +182,14 @@ def scanned_view(dataset: fo.Dataset):
 
 
 def sync_flags(dataset: fo.Dataset) -> None:
-    """Tag the flagged samples and keep the saved view in step with the latest scoring."""
-    dataset.untag_samples(FLAGGED_TAG)
-    flagged_view(dataset).tag_samples(FLAGGED_TAG)
-    if dataset.has_saved_view(FLAGGED_VIEW):
-        dataset.delete_saved_view(FLAGGED_VIEW)
-    dataset.save_view(FLAGGED_VIEW, flagged_view(dataset),
-                      description="samples the audit flagged, highest mislabel_score first")
+    """Tag the flagged samples (``audit-flagged``, and per category, see CATEGORY_VIEWS) and keep
+    the saved views of the same names in step with the latest scoring."""
+    groups = [(FLAGGED_TAG, flagged_view(dataset), "samples the audit flagged")]
+    groups += [(name, flagged_view(dataset, category), f"samples judged {category}")
+               for category, name in CATEGORY_VIEWS.items()]
+    for name, view, description in groups:
+        dataset.untag_samples(name)
+        view.tag_samples(name)
+        if dataset.has_saved_view(name):
+            dataset.delete_saved_view(name)
+        dataset.save_view(name, view, description=f"{description}, highest mislabel_score first")

@@ -64,6 +64,10 @@ def test_the_deliberately_mislabelled_photos_top_the_ranking(scanned):
         assert sample.suggested_label == wrong[Path(sample.filepath).name]
         assert any("no evidence" in reason for reason in sample.reasons)
     assert "audit-flagged" in dataset.list_saved_views() and len(dataset.match_tags("audit-flagged")) > 0
+    for category, name in db.CATEGORY_VIEWS.items():  # a tag and a saved view per category, in step
+        expected = set(dataset.match(db.F(db.CATEGORY) == category).values("id"))
+        assert set(dataset.load_saved_view(name).values("id")) == expected == set(dataset.match_tags(name).values("id"))
+    assert len(dataset.load_saved_view("audit-mislabels")) == len(wrong)
     for name in wrong:  # the printed table names them
         assert name in result.stdout
 
