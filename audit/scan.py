@@ -303,10 +303,6 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
     root = dataset._root_dataset  # ``dataset`` may be a view (the App's plugin)
     db.declare_audit_fields(root)
     key = scan_key(models, options)
-    db.save_audit_info(root, scan={"models": [model.settings() for model in models], "key": key,
-                                   "box_threshold": options.box_threshold, "all_boxes": options.all_boxes,
-                                   "class_maps": options.class_maps, "second_opinion": options.second_opinion,
-                                   "tool_version": audit.__version__})
     out_dir = maps_dir(dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     writer = BulkWriter(dataset, key)
@@ -315,6 +311,10 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
     with ScanLock(root.name, options.shard) as lock, _sigterm_as_interrupt(), ExitStack() as runtimes, \
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-maps") as png_writer:
         try:
+            db.save_audit_info(root, scan={  # once the lock is ours: a refused scan changes nothing
+                "models": [model.settings() for model in models], "key": key, "box_threshold": options.box_threshold,
+                "all_boxes": options.all_boxes, "class_maps": options.class_maps,
+                "second_opinion": options.second_opinion, "tool_version": audit.__version__})
             workers = [runtimes.enter_context(model_runtime(model, options)) for model in models][0]
             total, done = count_shard(dataset, key, options.shard)
             skipped = 0 if options.restart else done
