@@ -94,8 +94,9 @@ def judge(signals: dict, use_views: bool = True) -> Verdict:
     dominant_is_another = (judged["top_label"] != given and judged["top_prob"] >= CONFIDENT
                            and judged["given_prob"] < SOME_EVIDENCE)
     if dominant_is_another or (consensus["top_prob"] >= CONFIDENT and evidence < NO_EVIDENCE):
+        where = "the dominant object" if dominant else "the whole image"
         reasons.append(f"no evidence for '{given}' in any view" if evidence < NO_EVIDENCE
-                       else f"little evidence for '{given}' on it (at most {evidence:.2f} in any view)")
+                       else f"little evidence for '{given}' on {where} ({judged['given_prob']:.2f})")
         return Verdict("suspected_mislabel", score, reasons, judged["top_label"] if dominant_is_another else suggestion)
     places = (("the dominant object", dominant), ("the annotated object", annotated),
               ("where its evidence is strongest", labelled))
