@@ -309,14 +309,24 @@ def relabel_from_file(dataset, path: Path, allow_new_labels: bool = False, skip_
     is written and ``result.problems`` says why (``applied`` False)."""
     path = Path(path).resolve()
     corrections, empty = read_corrections(path)
+    return _relabel(dataset, corrections, empty, str(path), allow_new_labels, skip_invalid, dry_run)
+
+
+def _relabel(dataset, corrections, skipped: int, source: str, allow_new_labels: bool, skip_invalid: bool,
+             dry_run: bool, after_apply=None) -> RelabelResult:
+    """Plan the corrections and, unless a dry run or (without ``skip_invalid``) a problem stops it,
+    apply them under the scan lock; ``after_apply(planned)`` then updates every matched sample
+    (changed or not) under the same lock."""
     planned = plan(dataset, corrections, allow_new_labels)
     result = planned.result
-    result.skipped = empty
+    result.skipped = skipped
     if dry_run or (result.problems and not skip_invalid):
         result.changed = [{"sample_id": i, "to": to} for i, to in planned.changes.items()]
         return result
-    with _no_scan_running(dataset, bool(planned.changes)):
-        result.changed = _apply(dataset, planned.changes, str(path), planned.imagenet)
+    with _no_scan_running(dataset, bool(planned.matched if after_apply else planned.changes)):
+        result.changed = _apply(dataset, planned.changes, source, planned.imagenet)
+        if after_apply:
+            after_apply(planned)
     result.applied = True
     return result
 
@@ -365,21 +375,15 @@ def relabel_from_marks(dataset, allow_new_labels: bool = False, skip_invalid: bo
     """Apply the corrected labels marked in the App (tag ``relabel`` + ``relabel_to``); applied marks
     become the tag ``relabeled``. Samples marked without a corrected label are counted in ``skipped``."""
     corrections, without = marked_corrections(dataset)
-    planned = plan(dataset, corrections, allow_new_labels)
-    result = planned.result
-    result.skipped = without
-    if dry_run or (result.problems and not skip_invalid):
-        result.changed = [{"sample_id": i, "to": to} for i, to in planned.changes.items()]
-        return result
-    done = list(planned.matched)
-    with _no_scan_running(dataset, bool(done)):
-        result.changed = _apply(dataset, planned.changes, APP_MARKS, planned.imagenet)
-        if done:
-            applied = dataset.select(done)
+
+    def clear_applied_marks(planned) -> None:
+        if planned.matched:
+            applied = dataset.select(list(planned.matched))
             applied.untag_samples(RELABEL_TAG)
             applied.set_field(RELABEL_TO, None).save(RELABEL_TO)
-    result.applied = True
-    return result
+
+    return _relabel(dataset, corrections, without, APP_MARKS, allow_new_labels, skip_invalid, dry_run,
+                    clear_applied_marks)
 
 
 def marks_summary(dataset) -> dict[str, int]:

@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import skimage.data
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -16,12 +15,13 @@ from typer.testing import CliRunner
 
 from audit import db
 from audit.cli import app
-from audit.data import open_source
 from audit.evidence import field_suffix
+from audit.explain import box_iou
 from audit.models.registry import EMBEDDED, embedded_weights_file, load_model
 from audit.scan import ScanOptions, scan
 
 from conftest import SAMPLE_DATA
+from synthetic_images import espresso_cup, make_dataset, noise_canvas, paste
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 BN_EPS = 1e-3  # TensorFlow's batch norm epsilon, kept by the reference implementation
@@ -34,15 +34,6 @@ runner = CliRunner()
 def models():
     """The three embedded models, loaded once for this module, on the CPU."""
     return {name: load_model(name, device="cpu") for name in EMBEDDED}
-
-
-def make_dataset(name: str, rows: list[tuple[Path, str]], folder: Path):
-    """A FiftyOne dataset from a CSV of (image file, label) rows, as `audit scan csv` makes it."""
-    table = folder / f"{name}.csv"
-    table.write_text("filepath,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
-    dataset, added = open_source("csv", str(table), name, None, "ground_truth", None, None, warn=print)
-    assert added == len(rows)
-    return dataset
 
 
 # --- an independent EfficientNet-Lite forward pass, reading the reference implementation's names -------
@@ -112,35 +103,9 @@ def test_embedded_weights_match_an_independent_forward(models, name, one_torch_t
 # --- two models with different input sizes ---------------------------------------------------------
 
 
-def noise_canvas(width: int, height: int) -> np.ndarray:
-    """Mid-gray with faint noise (a JPEG of a flat colour is too easy)."""
-    noise = np.random.default_rng(0).normal(0, 12, (height, width, 3))
-    return np.clip(128 + noise, 0, 255).astype(np.uint8)
-
-
-def paste(canvas: np.ndarray, picture: np.ndarray, left: int, top: int, width: int) -> tuple[int, int, int, int]:
-    """Paste ``picture`` resized to ``width`` (aspect kept) at (left, top); returns its (x1, y1, x2, y2)."""
-    height = round(width * picture.shape[0] / picture.shape[1])
-    resized = Image.fromarray(picture).resize((width, height), Image.BICUBIC)
-    canvas[top:top + height, left:left + width] = np.asarray(resized)
-    return left, top, left + width, top + height
-
-
-def espresso_cup() -> np.ndarray:
-    """The cup and saucer of skimage's coffee photo, without most of the table."""
-    return skimage.data.coffee()[10:395, 70:485]
-
-
 def pixel_box(detection, width: int, height: int) -> tuple[float, float, float, float]:
     x, y, w, h = detection.bounding_box
     return x * width, y * height, (x + w) * width, (y + h) * height
-
-
-def iou(a, b) -> float:
-    across = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    down = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - across * down
-    return across * down / union
 
 
 def contains(box, point) -> bool:
@@ -172,8 +137,8 @@ def test_two_models_with_different_input_sizes_find_the_object_in_the_same_place
              for field in (db.EIGENCAM_BOX, f"{db.EIGENCAM_BOX}_{suffix}")]
     for box in boxes:
         assert contains(box, cup_centre), box
-        assert iou(box, cup) >= 0.5, box
-    assert sample[db.SIGNALS]["box_iou"] == pytest.approx(iou(*boxes), abs=1e-6)
+        assert box_iou(box, [cup])[0] >= 0.5, box
+    assert sample[db.SIGNALS]["box_iou"] == pytest.approx(box_iou(boxes[0], [boxes[1]])[0], abs=1e-6)
     assert sample[db.SIGNALS]["box_iou"] >= 0.6
     for field in (db.EIGENCAM, f"{db.EIGENCAM}_{suffix}"):
         heatmap = cv2.imread(sample[field].map_path, cv2.IMREAD_GRAYSCALE)

@@ -10,8 +10,6 @@ from PIL import Image
 from audit.models.registry import load_model
 from audit.models.weights import ModelError, read_state_dict
 
-from conftest import SAMPLE_DATA
-
 
 def test_embedded_model_uses_timm_preprocessing_and_finds_the_last_feature_map(embedded_model):
     assert embedded_model.target_layer == "bn2"

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from audit import db
 from audit.cli import app
 
-from conftest import REPO, SAMPLE_DATA
+from conftest import SAMPLE_DATA
 
 runner = CliRunner()
 

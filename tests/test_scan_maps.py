@@ -6,27 +6,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage.data
 from PIL import Image
 
 from audit import db
-from audit.data import open_source
 from audit.scan import ScanOptions, scan
 
 from conftest import SAMPLE_DATA
+from synthetic_images import espresso_cup, make_dataset, noise_canvas, paste
 
 PHOTOS = {"chelsea.jpg": "tiger cat", "rocket.jpg": "missile",  # predicted as labelled
           "coffee.jpg": "tripod", "camera.jpg": "espresso"}  # labelled wrong on purpose
 INLINE_MAPS = (db.EIGENCAM_PC2, db.GRADCAM_PRED, db.GRADCAM_GIVEN)
-
-
-def make_dataset(name: str, rows: list[tuple[Path, str]], folder: Path):
-    """A FiftyOne dataset from a CSV of (image file, label) rows, as `audit scan csv` makes it."""
-    table = folder / f"{name}.csv"
-    table.write_text("filepath,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
-    dataset, added = open_source("csv", str(table), name, None, "ground_truth", None, None, warn=print)
-    assert added == len(rows)
-    return dataset
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +59,6 @@ def test_the_class_maps_differ_where_the_label_is_wrong_and_agree_where_it_is_ri
 # --- --all-boxes -------------------------------------------------------------------------------------
 
 
-def noise_canvas(width: int, height: int) -> np.ndarray:
-    """Mid-gray with faint noise (a JPEG of a flat colour is too easy)."""
-    noise = np.random.default_rng(0).normal(0, 12, (height, width, 3))
-    return np.clip(128 + noise, 0, 255).astype(np.uint8)
-
-
-def paste(canvas: np.ndarray, picture: np.ndarray, left: int, top: int, width: int) -> tuple[int, int, int, int]:
-    """Paste ``picture`` resized to ``width`` (aspect kept) at (left, top); returns its (x1, y1, x2, y2)."""
-    height = round(width * picture.shape[0] / picture.shape[1])
-    resized = Image.fromarray(picture).resize((width, height), Image.BICUBIC)
-    canvas[top:top + height, left:left + width] = np.asarray(resized)
-    return left, top, left + width, top + height
-
-
 def covered_share(box, target) -> float:
     """Share of ``target``'s area inside ``box`` (both x1, y1, x2, y2)."""
     across = max(0.0, min(box[2], target[2]) - max(box[0], target[0]))
@@ -93,7 +69,7 @@ def covered_share(box, target) -> float:
 def test_all_boxes_gives_a_box_for_each_of_two_objects_far_apart(embedded_model, tmp_path, one_torch_thread):
     side = 448  # square: the centre crop keeps 7/8 of it, both cups included
     canvas = noise_canvas(side, side)
-    cup = skimage.data.coffee()[10:395, 70:485]  # the cup and saucer, without most of the table
+    cup = espresso_cup()
     top_left = paste(canvas, cup, 40, 40, 130)
     bottom_right = paste(canvas, cup, 278, 278, 130)
     path = tmp_path / "two-cups.jpg"

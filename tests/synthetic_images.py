@@ -1,0 +1,38 @@
+"""Test images with objects at known places (real photo parts pasted on a noise canvas), and a
+dataset from (image file, label) rows, for the scan tests."""
+
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+from PIL import Image
+
+from audit.data import open_source
+
+
+def make_dataset(name: str, rows: list[tuple[Path, str]], folder: Path):
+    """A FiftyOne dataset from a CSV of (image file, label) rows, as `audit scan csv` makes it."""
+    table = folder / f"{name}.csv"
+    table.write_text("filepath,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
+    dataset, added = open_source("csv", str(table), name, None, "ground_truth", None, None, warn=print)
+    assert added == len(rows)
+    return dataset
+
+
+def noise_canvas(width: int, height: int) -> np.ndarray:
+    """Mid-gray with faint noise (a JPEG of a flat colour is too easy)."""
+    noise = np.random.default_rng(0).normal(0, 12, (height, width, 3))
+    return np.clip(128 + noise, 0, 255).astype(np.uint8)
+
+
+def paste(canvas: np.ndarray, picture: np.ndarray, left: int, top: int, width: int) -> tuple[int, int, int, int]:
+    """Paste ``picture`` resized to ``width`` (aspect kept) at (left, top); returns its (x1, y1, x2, y2)."""
+    height = round(width * picture.shape[0] / picture.shape[1])
+    resized = Image.fromarray(picture).resize((width, height), Image.BICUBIC)
+    canvas[top:top + height, left:left + width] = np.asarray(resized)
+    return left, top, left + width, top + height
+
+
+def espresso_cup() -> np.ndarray:
+    """The cup and saucer of skimage's coffee photo, without most of the table."""
+    return skimage.data.coffee()[10:395, 70:485]
