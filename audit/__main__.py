@@ -1,3 +1,3 @@
-from audit.cli import app
+from audit.cli import run
 
-app(prog_name="audit")
+run()

@@ -476,3 +476,25 @@ def report(
     dataset = db.load_dataset(name)
     shown = write_report(dataset, out_path, top=top, overwrite=overwrite)
     err.print(f"wrote {out_path} ({shown} flagged samples, {out_path.stat().st_size // 1024} KiB)")
+
+
+def run() -> None:
+    """The `audit` program. A usage error is one line on stderr and exit status 2, as the contract
+    says (Typer would print the usage and a framed message over several lines)."""
+    try:
+        code = typer.main.get_command(app).main(prog_name="audit", standalone_mode=False)
+    except typer.TyperException as error:  # the command-line parser's errors (click's, inside Typer)
+        if type(error).__name__ == "NoArgsIsHelpError":  # a bare `audit`: the help
+            error.show()
+        elif error.exit_code == 2:
+            where = error.ctx.command_path if getattr(error, "ctx", None) else "audit"
+            message = error.format_message().replace("Value error, ", "")  # pydantic's prefix, via Typer
+            err.print(f"error: {message} (`{where} --help` shows the usage)",
+                      markup=False, highlight=False, soft_wrap=True)
+        else:
+            err.print(f"error: {error.format_message()}", markup=False, highlight=False, soft_wrap=True)
+        code = error.exit_code
+    except typer.Abort:
+        err.print("aborted", markup=False, highlight=False)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

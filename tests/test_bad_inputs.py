@@ -319,6 +319,18 @@ def test_every_command_with_a_wrong_option_is_a_usage_error():
         assert "No such option: --no-such-option" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args, named", [
+    (["scan", "nonsense"], "'nonsense' is not one of"), (["rank"], "Missing argument 'name'"),
+    (["scan", "sample", "--batch-size", "x"], "'--batch-size'"), (["frob"], "No such command 'frob'"),
+    (["export", "sample", "--out", "x.csv", "--format", "xml"], "'xml' is not one of"),
+])
+def test_the_installed_program_says_a_usage_error_in_one_line_and_exits_2(args, named):
+    ran = run_audit(*args, timeout=60)
+    assert ran.returncode == 2, ran.stderr
+    line = one_line(ran.stderr)
+    assert line.startswith("error: ") and named in line and "--help` shows the usage" in line
+
+
 @pytest.mark.parametrize("args", [
     ["rank", "no-such-dataset"], ["export", "no-such-dataset", "--out", "x.csv"],
     ["relabel", "no-such-dataset", "--from-app"], ["app", "no-such-dataset"],
