@@ -330,6 +330,10 @@ def eval_labels(
         table.add_row(label, f"{figures['auroc']:.3f}", f"{figures['average_precision']:.3f}",
                       *(f"{at[k]:.2f}" if k in at else "" for k in ("10", "25", "50")))
     out.print(table)
+    agrees = report["model_agrees"]
+    if agrees["errors"]:
+        out.print(f"{agrees['errors']} of the {report['n_errors']} label errors are the model's own top-1: with every "
+                  f"other error ranked first, AUROC would be {agrees['auroc_disputed_first']:.3f}", highlight=False)
     triage = Table("category / verdict of the verified candidates", "count", title="triage")
     for key, count in report["triage"].items():
         triage.add_row(key, str(count))

@@ -1,7 +1,9 @@
 """eval-loc and eval-labels on a real scan of a small Kaggle-layout fixture (real photos, boxes)."""
 
 import json
+from pathlib import Path
 
+import fiftyone as fo
 import pytest
 from typer.testing import CliRunner
 
@@ -43,6 +45,18 @@ def test_eval_labels_ranks_a_known_error_first(scanned, tmp_path):
     assert report["n"] == len(SAMPLES) and report["n_errors"] == 1
     assert set(report["baselines"]) == {"self_confidence", "normalized_margin"}
     assert 0 <= report["auroc"] <= 1 and "precision_at" in report
+
+
+def test_eval_labels_counts_the_errors_the_model_agrees_with(scanned, tmp_path):
+    # Call one photo whose label the model predicts too an error, beside the disputed astronaut.
+    filepaths, signals = fo.load_dataset("eval-fixture").values(["filepath", "audit_signals"])
+    agreed = next(Path(f).stem for f, s in zip(filepaths, signals) if s["pred_index"] == s["given_index"])
+    truth = tmp_path / "verified.csv"
+    truth.write_text(f"ImageId,verdict\nILSVRC2012_val_00000003,label_error_guessed\n{agreed},label_error_other\n")
+    report = json.loads(runner.invoke(app, ["eval-labels", "eval-fixture", "--truth", str(truth), "--json"]).stdout)
+    assert report["n_errors"] == 2 and report["model_agrees"]["errors"] == 1
+    # The disputed error first, the agreed one where its margin puts it: never below the margin's own AUROC.
+    assert report["baselines"]["normalized_margin"]["auroc"] <= report["model_agrees"]["auroc_disputed_first"] <= 1
 
 
 def test_eval_labels_with_a_file_that_names_no_sample_is_one_line(scanned, tmp_path):

@@ -87,7 +87,19 @@ def evaluate_labels(dataset, truth_path: Path) -> dict:
     triage = Counter((categories[i], truth[stem]) for i, stem in enumerate(stems) if stem in truth)
     report["triage"] = {f"{category} / {verdict}": count for (category, verdict), count in sorted(triage.items())}
     report["separation"] = separation(stems, signals, categories, truth)
+    report["model_agrees"] = model_agreed_errors(is_error, signals)
     return report
+
+
+def model_agreed_errors(is_error: np.ndarray, signals: list[dict]) -> dict:
+    """The label errors whose given label is the model's own top-1 (``errors``): a ranking built on
+    this model's probabilities cannot lift them above the many samples it disputes.
+    ``auroc_disputed_first``: the AUROC if every other label error came first and these stayed where
+    the normalised margin puts them, what such a ranking can be expected to reach at best."""
+    agreed = np.array([s["pred_index"] == s["given_index"] for s in signals]) & is_error
+    margin = np.array([normalized_margin(s) for s in signals])
+    disputed_first = np.where(is_error & ~agreed, 2.0, margin)
+    return {"errors": int(agreed.sum()), "auroc_disputed_first": float(roc_auc_score(is_error, disputed_first))}
 
 
 def separation(stems: list[str], signals: list[dict], categories: list[str], truth: dict[str, str]) -> dict:
