@@ -103,9 +103,10 @@ class ScanLock:
 
     def __init__(self, dataset_name: str, shard: tuple[int, int] = (1, 1), stale_after: float | None = None,
                  heartbeat: float = HEARTBEAT_SECONDS, kind: str = "scan", wait: bool = False,
-                 on_wait: Callable[[str], None] | None = None):
+                 on_wait: Callable[[str], None] | None = None, doing: str | None = None):
         self.dataset_name = dataset_name
         self.kind = kind
+        self.doing = doing or ("scanned" if kind == "scan" else "loaded")  # what others are told
         self.shard = (int(shard[0]), int(shard[1]))
         self.stale_after = settings.LOCK_STALE_SECONDS if stale_after is None else stale_after
         self.interval = heartbeat
@@ -135,7 +136,7 @@ class ScanLock:
             try:
                 collection.insert_one({
                     "_id": self.id, "dataset": self.dataset_name, "kind": self.kind, "shard": list(self.shard),
-                    "token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
+                    "doing": self.doing, "token": self.token, "host": socket.gethostname(), "pid": os.getpid(),
                     "pid_start": _process_start(os.getpid()), "heartbeat": now, "started": now,
                 })
             except DuplicateKeyError:  # another process took it between our look and our insert
@@ -163,8 +164,7 @@ class ScanLock:
             if _stale(doc, now, self.stale_after):
                 collection.delete_one({"_id": doc["_id"], "token": doc.get("token")})
                 continue
-            doing = "scanned" if self.kind == "scan" else "loaded"
-            raise LockError(f"dataset '{self.dataset_name}' is being {doing} by {_describe(doc, now)}; "
+            raise LockError(f"dataset '{self.dataset_name}' is being {doc.get('doing', 'scanned')} by {_describe(doc, now)}; "
                             "wait for it to finish (a lock whose process died is taken over automatically)")
 
     def _beat(self) -> None:

@@ -287,7 +287,7 @@ def _no_scan_running(dataset, writing: bool = True):
         yield
         return
     try:
-        lock = ScanLock(dataset._root_dataset.name).acquire()
+        lock = ScanLock(dataset._root_dataset.name, doing="relabelled").acquire()
     except LockError as refusal:
         raise RelabelError(f"nothing relabelled: {refusal}") from None
     try:

@@ -183,6 +183,8 @@ def test_map_and_box_follow_the_exif_rotation_the_user_sees(image_matrix, orient
     assert (centre[axis] - 0.5) * ([cx, cy][axis] - 0.5) > 0, (orientation, centre)
     heat = cv2.imread(sample.eigencam.map_path, cv2.IMREAD_GRAYSCALE).astype(float)
     assert (heat.shape[0] > heat.shape[1]) == (orientation in (6, 8))  # the map is in the displayed frame
+    turned = orientation in (6, 8)  # so is the size FiftyOne (and the App) is told
+    assert (sample.metadata.width, sample.metadata.height) == ((300, 400) if turned else (400, 300))
     mass = np.array([(heat * np.arange(heat.shape[1])[None, :]).sum() / heat.sum() / heat.shape[1],
                      (heat * np.arange(heat.shape[0])[:, None]).sum() / heat.sum() / heat.shape[0]])
     assert (mass[axis] - 0.5) * ([cx, cy][axis] - 0.5) > 0, (orientation, mass)

@@ -178,6 +178,13 @@ def test_a_second_scan_is_refused_until_the_first_releases():
     assert not held_locks("locked")
 
 
+def test_a_refusal_names_what_the_holder_is_doing():
+    with ScanLock("relabelling", doing="relabelled"):
+        with pytest.raises(LockError, match=r"dataset 'relabelling' is being relabelled by pid \d+ on "):
+            ScanLock("relabelling").acquire()
+    assert not held_locks("relabelling")
+
+
 def test_shards_of_one_split_run_together_and_other_splits_are_refused():
     with ScanLock("sharded", (1, 2)), ScanLock("sharded", (2, 2)):
         for clash in ((1, 1), (1, 2), (1, 3)):

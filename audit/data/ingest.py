@@ -23,7 +23,7 @@ from datetime import datetime
 import fiftyone.core.media as fomm
 from bson import ObjectId
 from fiftyone.core.odm.sample import _generate_rand
-from PIL import Image
+from PIL import ExifTags, Image
 
 from audit import db
 from audit.data.classes import imagenet_names, imagenet_wnids, resolve_imagenet_label
@@ -50,12 +50,15 @@ def ground_truth_label(label: str | None):
 
 
 def image_size(record: Record) -> tuple[int, int] | None:
-    """(width, height) from the record or the file's header (no decoding); None if unreadable."""
+    """(width, height) as a viewer shows the image (turned by its EXIF orientation), from the record
+    or the file's header (no decoding); None if unreadable."""
     if record.width and record.height:
         return record.width, record.height
     try:
         with Image.open(record.filepath) as image:
-            return image.size
+            width, height = image.size
+            turned = image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8)  # a quarter turn either way
+            return (height, width) if turned else (width, height)
     except Exception:  # unreadable files are reported by the scan, on their sample
         return None
 
