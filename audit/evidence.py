@@ -372,6 +372,16 @@ def sample_fields(models: list[AuditModel], sample: dict, given_label: str | Non
     return fields
 
 
+def model_field_names(models: list[AuditModel]) -> list[str]:
+    """The per-model fields a scan with ``models`` writes: none for one model; for an ensemble,
+    ``predictions_<model>`` of each and ``eigencam_<model>`` / ``eigencam_box_<model>`` of all but the first."""
+    if len(models) < 2:
+        return []
+    suffixes = [field_suffix(model) for model in models]
+    return [f"{db.PREDICTIONS}_{suffix}" for suffix in suffixes] + \
+        [f"{name}_{suffix}" for suffix in suffixes[1:] for name in (db.EIGENCAM, db.EIGENCAM_BOX)]
+
+
 def _map_fields(result: dict, map_path: Path, suffix: str) -> dict:
     detections = [db.fo.Detection(label="eigencam", bounding_box=box) for box in result["boxes"]]
     return {db.EIGENCAM + suffix: db.fo.Heatmap(map_path=str(map_path), range=[0, 255]),

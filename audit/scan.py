@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 import audit
 from audit import db, settings
-from audit.evidence import EvidenceOptions, batch_evidence, field_suffix, model_class_index, sample_fields
+from audit.evidence import (EvidenceOptions, batch_evidence, field_suffix, model_class_index, model_field_names,
+                            sample_fields)
 from audit.explain.boxes import DEFAULT_THRESHOLD
 from audit.images import open_rgb
 from audit.lock import LockError, ScanLock
@@ -305,6 +306,11 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
     key = scan_key(models, options)
     out_dir = maps_dir(dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Per-model fields of earlier ensemble scans that this one does not write: cleared on each sample
+    # it redoes, so that no sample shows results of models it was not scanned with.
+    model_fields = model_field_names(models)
+    earlier_fields = db.audit_info(root).get("model_fields", [])
+    cleared = dict.fromkeys(name for name in earlier_fields if name not in model_fields)
     writer = BulkWriter(dataset, key)
     suffixes = [""] + [f".{field_suffix(model)}" for model in models[1:]]
     skipped, unreadable, interrupted, started = 0, 0, False, time.perf_counter()
@@ -314,7 +320,8 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
             db.save_audit_info(root, scan={  # once the lock is ours: a refused scan changes nothing
                 "models": [model.settings() for model in models], "key": key, "box_threshold": options.box_threshold,
                 "all_boxes": options.all_boxes, "class_maps": options.class_maps,
-                "second_opinion": options.second_opinion, "tool_version": audit.__version__})
+                "second_opinion": options.second_opinion, "tool_version": audit.__version__},
+                model_fields=sorted(set(earlier_fields) | set(model_fields)))
             workers = [runtimes.enter_context(model_runtime(model, options)) for model in models][0]
             total, done = count_shard(dataset, key, options.shard)
             skipped = 0 if options.restart else done
@@ -330,13 +337,13 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
                 for row, (sample_id, sample) in enumerate(zip(batch["index"], samples)):
                     if sample is None:
                         unreadable += 1
-                        writer.add(sample_id, error_fields(batch["error"][row], models))
+                        writer.add(sample_id, {**error_fields(batch["error"][row], models), **cleared})
                         continue
                     paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in suffixes]
                     written = [png_writer.submit(write_map, path, result["map"])
                                for path, result in zip(paths, sample["results"])]
                     fields = sample_fields(models, sample, given_labels[row], given_indices[row], paths)
-                    writer.add(sample_id, fields, written)
+                    writer.add(sample_id, {**fields, **cleared}, written)
                 if progress:
                     progress.advance(task, len(samples))
                 writer.flush_if_due()
@@ -353,14 +360,8 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
 
 def error_fields(message: str, models: list[AuditModel]) -> dict:
     """The fields of a sample whose image could not be read: the error, and no stale results."""
-    fields = {name: None for name in (db.PREDICTIONS, db.EIGENCAM, db.EIGENCAM_BOX, db.EIGENCAM_PC2,
-                                      db.GRADCAM_PRED, db.GRADCAM_GIVEN)}
-    if len(models) > 1:
-        for index, model in enumerate(models):
-            suffix = field_suffix(model)
-            fields[f"{db.PREDICTIONS}_{suffix}"] = None
-            if index:
-                fields.update({f"{db.EIGENCAM}_{suffix}": None, f"{db.EIGENCAM_BOX}_{suffix}": None})
+    fields = dict.fromkeys((db.PREDICTIONS, db.EIGENCAM, db.EIGENCAM_BOX, db.EIGENCAM_PC2,
+                            db.GRADCAM_PRED, db.GRADCAM_GIVEN, *model_field_names(models)))
     return {**fields, db.ERROR: message, db.SIGNALS: {"error": message}}
 
 

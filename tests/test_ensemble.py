@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import fiftyone as fo
 import pytest
 import torch
 import torch.nn.functional as F
@@ -188,6 +189,15 @@ def test_the_cli_scans_an_ensemble_and_refuses_wrong_combinations(tmp_path):
     assert result.exit_code == 0, result.output
     sample = db.load_dataset("cli-pair").first()
     assert sample["predictions_efficientnet_lite1"].label in CAT_CLASSES
+    sample["predictions_mine"] = fo.Classification(label="mine")  # a field of the user's, named like ours
+    sample.save()
+    alone = runner.invoke(app, ["scan", "fiftyone", "--root", "cli-pair", "--workers", "0"])  # Lite0 alone: redone
+    assert alone.exit_code == 0 and "scanned 1," in alone.output, alone.output
+    sample.reload()
+    for field in ("predictions_efficientnet_lite0", "predictions_efficientnet_lite1",
+                  "eigencam_efficientnet_lite1", "eigencam_box_efficientnet_lite1"):
+        assert sample[field] is None, field  # no results left of models this scan did not run
+    assert "models" not in sample[db.SIGNALS] and sample["predictions_mine"].label == "mine"
     unknown = runner.invoke(app, ["scan", "csv", "--root", str(table), "--models", "nonsense"])
     assert unknown.exit_code == 2 and "--models" in unknown.output
     weights = runner.invoke(app, ["scan", "csv", "--root", str(table), "--model", "efficientnet_lite0",
