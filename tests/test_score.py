@@ -26,8 +26,8 @@ def signals(embedded_model):
     """signals(given, whole, **views): the audit_signals of a sample whose whole image and second
     opinions (flip, object, gt_box, given_evidence) have these class distributions."""
 
-    def make(given: int, whole: torch.Tensor, **views: torch.Tensor) -> dict:
-        result = {"probabilities": whole, "boxes": [], "variance_ratio": [0.6, 0.05], "visible_fraction": 1.0}
+    def make(given: int, whole: torch.Tensor, boxes=(), **views: torch.Tensor) -> dict:
+        result = {"probabilities": whole, "boxes": list(boxes), "variance_ratio": [0.6, 0.05], "visible_fraction": 1.0}
         return sample_signals([embedded_model], {"results": [result], "views": [views]}, NAMES[given], given)
 
     return make
@@ -89,3 +89,12 @@ def test_the_labels_evidence_crop_testifies_only_for_the_label(signals):
     wrong = signals(TRIPOD, distribution(espresso=0.9, tripod=0.001), given_evidence=distribution(tabby=0.5))
     assert wrong["consensus"]["max_other_prob"] == pytest.approx(0.9, abs=1e-5)
     assert judge(wrong).category == "suspected_mislabel"
+
+
+def test_a_box_over_the_whole_view_is_named_in_the_reasons_of_a_disputed_label(signals):
+    whole = distribution(espresso=0.95, tripod=0.001)
+    spread = judge(signals(TRIPOD, whole, boxes=[[0.0, 0.0, 1.0, 0.95]], flip=whole))
+    compact = judge(signals(TRIPOD, whole, boxes=[[0.3, 0.3, 0.4, 0.4]], flip=whole))
+    assert any("singles out no one object (its box spans 95% of what the model saw)" in r for r in spread.reasons)
+    assert not any("no one object" in r for r in compact.reasons)
+    assert (spread.category, spread.mislabel_score) == (compact.category, compact.mislabel_score)  # information only
