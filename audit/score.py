@@ -76,8 +76,9 @@ def judge(signals: dict, use_views: bool = True) -> Verdict:
     evidence = max([whole["given_prob"]] + [v["given_prob"] for v in views.values()])
     reasons = [predicted_text, f"'{given}' at {whole['given_prob']:.3f} (rank {signals['given_rank']})"]
     spread = signals.get("cam_box_area", 0.0) / (signals.get("visible_fraction") or 1.0)
-    crop_name = "the dominant object" if spread < WHOLE_VIEW else "the Eigen-CAM crop"
-    if spread >= WHOLE_VIEW:  # dev set, misclassified candidates: 1 of 13 label errors, 8 of 14 fine labels
+    no_one_object = spread >= WHOLE_VIEW  # dev set, misclassified candidates: 1 of 13 label errors, 8 of 14 fine labels
+    crop_name = "the Eigen-CAM crop" if no_one_object else "the dominant object"
+    if no_one_object:
         reasons.append(f"Eigen-CAM singles out no one object (its box spans {min(spread, 1.0):.0%} of what the "
                        "model saw): a scene or several things, where the label may be right too")
     elif dominant:
