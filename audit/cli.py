@@ -426,16 +426,18 @@ def relabel(
         err.print(f"problem: {problem}", markup=False, highlight=False, soft_wrap=True)
     for change in result.changed:
         where = Path(change["filepath"]).name if change.get("filepath") else change["sample_id"]
-        verb = "would change" if not result.applied else "changed"
-        err.print(f"{verb} {where}: {change.get('from', '…')!s} -> {change['to']}", markup=False, highlight=False)
-    if result.problems and not result.applied and not dry_run:
-        raise RelabelError(f"{len(result.problems)} row(s) cannot be applied, nothing changed; fix them or "
+        verb = "changed" if result.applied else "would change"
+        err.print(f"{verb} {where}: {change['from']} -> {change['to']}", markup=False, highlight=False)
+    if result.problems and not skip_invalid:  # a dry run fails where the real run would: a script's check
+        outcome = "a real run would change nothing" if dry_run else "nothing changed"
+        raise RelabelError(f"{len(result.problems)} row(s) cannot be applied, {outcome}; fix them or "
                            "pass --skip-invalid")
     summary = (f"{'would change' if dry_run else 'changed'} {len(result.changed)}, already right {result.unchanged}, "
                f"without a new label {result.skipped}, problems {len(result.problems)}")
     err.print(summary)
     if result.changed and result.applied:
-        err.print("the relabelled samples are judged again by the next `audit scan` of this dataset")
+        err.print("the relabelled samples are judged for their new labels on the whole image now, and on every "
+                  "view by the next `audit scan` of this dataset")
 
 
 @app.command("app")

@@ -9,8 +9,9 @@ What changes on a relabelled sample:
 - ``ground_truth_original`` (``<label field>_original``) holds the label as it was before the first
   relabel, and is never overwritten;
 - ``relabel_history`` gains ``{"from", "to", "who", "when", "source"}``;
-- the sample is tagged ``relabeled`` and its ``audit_done`` marker is cleared, so that the next
-  ``audit scan`` judges it again against its new label.
+- the sample is tagged ``relabeled`` and judged at once for its new label from the whole image's
+  stored probabilities (``audit.score.for_new_label``); its ``audit_done`` marker is cleared, so that
+  the next ``audit scan`` judges it again on every view.
 
 Everything is validated before anything is written: a file with one bad row changes nothing (unless
 ``skip_invalid``), and a row whose label already holds changes nothing, so applying the same file
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from audit import db
 from audit.data.classes import imagenet_names, resolve_imagenet_label
+from audit.triage import rescore
 
 RELABEL_TAG = "relabel"  # marked in the App: the label is wrong (the corrected label in RELABEL_TO)
 OK_TAG = "label_ok"  # marked in the App: the label was checked and is right
@@ -276,6 +278,15 @@ def _apply(dataset, changes: dict[str, str], source: str, imagenet: bool) -> lis
     return changed
 
 
+def _would_change(dataset, changes: dict[str, str]) -> list[dict]:
+    """The planned changes as `_apply` reports them ({"sample_id", "filepath", "from", "to"}), nothing written."""
+    if not changes:
+        return []
+    ids, filepaths, labels = dataset.select(list(changes)).values(["id", "filepath", f"{db.label_field(dataset)}.label"])
+    return [{"sample_id": i, "filepath": path, "from": old, "to": changes[i]}
+            for i, path, old in zip(ids, filepaths, labels)]
+
+
 @contextmanager
 def _no_scan_running(dataset, writing: bool = True):
     """Hold the dataset's scan lock while corrections are written (when there are any). A scan in
@@ -321,12 +332,14 @@ def _relabel(dataset, corrections, skipped: int, source: str, allow_new_labels: 
     result = planned.result
     result.skipped = skipped
     if dry_run or (result.problems and not skip_invalid):
-        result.changed = [{"sample_id": i, "to": to} for i, to in planned.changes.items()]
+        result.changed = _would_change(dataset, planned.changes)
         return result
     with _no_scan_running(dataset, bool(planned.matched if after_apply else planned.changes)):
         result.changed = _apply(dataset, planned.changes, source, planned.imagenet)
         if after_apply:
             after_apply(planned)
+        if result.changed and dataset.has_sample_field(db.SIGNALS):  # no stale verdict: judged at once for the new label (see audit.score.for_new_label)
+            rescore(dataset, [change["sample_id"] for change in result.changed])
     result.applied = True
     return result
 

@@ -56,11 +56,41 @@ def normalised_margin_score(view: dict) -> float:
     return (1.0 - (view["given_prob"] - view["max_other_prob"])) / 2.0
 
 
+def for_new_label(signals: dict, label: str | None, new_index: int | None) -> dict:
+    """The signals of a sample relabelled after its scan, for its new ``label``, without the model.
+
+    The second opinions were chosen for the old label (its evidence crop, its doubt), so they are
+    dropped: the new label is judged on the whole image, from the top classes the scan stored. When
+    the new label is not among them, its probability is below the last of them: that bound stands in
+    for it, so the score is a lower bound. ``new_index`` is the label's class index where the model's
+    classes are known to hold it (ImageNet), else None; the next scan judges the sample on every view."""
+    kept = {k: v for k, v in signals.items() if k not in ("views", "consensus", "class_map_on_object",
+                                                          "given_prob", "max_other_prob", "given_rank")}
+    labels, probs = signals.get("top_labels") or [], signals.get("top_probs") or []
+    kept.update(given_label=label, relabelled_from=signals.get("given_label"))
+    if label in labels:
+        rank = labels.index(label)
+        others = [p for i, p in enumerate(probs) if i != rank]
+        kept.update(given_index=new_index if new_index is not None else -1, given_prob=probs[rank],
+                    max_other_prob=max(others, default=0.0), given_rank=rank + 1)
+    elif new_index is not None and probs:
+        kept.update(given_index=new_index, given_prob=probs[-1], max_other_prob=probs[0],
+                    given_rank=len(probs) + 1, given_prob_bound=True)
+    else:
+        kept["given_index"] = None
+    return kept
+
+
 def judge(signals: dict, use_views: bool = True) -> Verdict:
     """The verdict for one sample's signals (as written by the scan). ``use_views=False`` ignores
     the second opinions (for the ablation: probability of the whole image only)."""
     if signals.get("error"):
         return Verdict("error", None, [f"could not be read: {signals['error']}"], None)
+    if "relabelled_from" in signals:
+        verdict = judge({k: v for k, v in signals.items() if k != "relabelled_from"}, use_views=False)
+        note = (f"relabelled from '{signals['relabelled_from']}' after the scan: judged on the whole image "
+                "only, until the next `audit scan`")
+        return Verdict(verdict.category, verdict.mislabel_score, [note, *verdict.reasons], verdict.suggested_label)
     given, predicted, p_pred = signals.get("given_label"), signals["pred_label"], signals["pred_prob"]
     predicted_text = f"predicted '{predicted}' at {p_pred:.2f}"
     if signals.get("given_index") is None:
@@ -74,7 +104,9 @@ def judge(signals: dict, use_views: bool = True) -> Verdict:
     score = normalised_margin_score(consensus)
     dominant, annotated, labelled = views.get("object"), views.get("gt_box"), views.get("given_evidence")
     evidence = max([whole["given_prob"]] + [v["given_prob"] for v in views.values()])
-    reasons = [predicted_text, f"'{given}' at {whole['given_prob']:.3f} (rank {signals['given_rank']})"]
+    standing = (f"'{given}' below {whole['given_prob']:.3f} (not in the top {signals['given_rank'] - 1})"
+                if signals.get("given_prob_bound") else f"'{given}' at {whole['given_prob']:.3f} (rank {signals['given_rank']})")
+    reasons = [predicted_text, standing]
     spread = signals.get("cam_box_area", 0.0) / (signals.get("visible_fraction") or 1.0)
     no_one_object = spread >= WHOLE_VIEW  # dev set, misclassified candidates: 1 of 13 label errors, 8 of 14 fine labels
     crop_name = "the Eigen-CAM crop" if no_one_object else "the dominant object"

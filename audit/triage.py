@@ -6,7 +6,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from audit import db
-from audit.score import THRESHOLDS, judge
+from audit.data.classes import resolve_imagenet_label
+from audit.score import THRESHOLDS, for_new_label, judge
 
 
 @dataclass
@@ -19,23 +20,36 @@ class ScoringSummary:
     labelled: int
 
 
-def rescore(dataset) -> ScoringSummary:
-    """Judge every scanned sample from its stored signals, write category, mislabel_score, reasons
-    and suggested_label in bulk, and re-sync tags and saved views."""
+def rescore(dataset, sample_ids: list[str] | None = None) -> ScoringSummary:
+    """Judge every scanned sample (or those of ``sample_ids``) from its stored signals, write
+    category, mislabel_score, reasons and suggested_label in bulk, and re-sync tags and saved views.
+    A sample relabelled since its scan is judged for its new label (`audit.score.for_new_label`)."""
     view = dataset.exists(db.SIGNALS)
-    ids, signals = view.values(["id", db.SIGNALS])
+    if sample_ids is not None:
+        view = view.select(sample_ids)
+    ids, signals, labels = view.values(["id", db.SIGNALS, f"{db.label_field(dataset)}.label"])
+    signals = [_for_current_label(s, label) for s, label in zip(signals, labels)]
     verdicts = [judge(s) for s in signals]
     for field, values in ((db.CATEGORY, [v.category for v in verdicts]),
                           (db.SCORE, [v.mislabel_score for v in verdicts]),
                           (db.REASONS, [v.reasons for v in verdicts]),
                           (db.SUGGESTED, [v.suggested_label for v in verdicts])):
         view.set_values(field, dict(zip(ids, values)), key_field="id")
-    db.sync_flags(dataset)
-    db.save_audit_info(dataset, thresholds=THRESHOLDS)
+    db.sync_flags(dataset._root_dataset)
+    db.save_audit_info(dataset._root_dataset, thresholds=THRESHOLDS)
     counts = Counter(verdict.category for verdict in verdicts)
     labelled = [s for s in signals if s.get("given_index") is not None]
     agreement = sum(s["pred_index"] == s["given_index"] for s in labelled) / len(labelled) if labelled else None
     return ScoringSummary(dict(counts), agreement, len(labelled))
+
+
+def _for_current_label(signals: dict, label: str | None) -> dict:
+    """The signals as stored, or for the sample's new label when it was relabelled since its scan."""
+    if signals.get("error") or signals.get("given_label") == label:
+        return signals
+    old_index, old_label = signals.get("given_index"), signals.get("given_label")
+    imagenet = old_index is not None and resolve_imagenet_label(old_label) == old_index
+    return for_new_label(signals, label, resolve_imagenet_label(label) if imagenet else None)
 
 
 ROW_FIELDS = ("id", "filepath", "given_label", "predicted_label", "predicted_confidence", "suggested_label",

@@ -99,7 +99,7 @@ def test_bad_rows_are_reported_and_nothing_is_applied(dataset, tmp_path):
     assert label_of(dataset, "astronaut_shuttle_model.jpg").ground_truth.label == "goldfish"
 
     dry = runner.invoke(app, ["relabel", NAME, "--from", str(bad), "--dry-run"])
-    assert dry.exit_code == 0 and "would change 1" in dry.stderr
+    assert dry.exit_code == 1 and "would change astronaut_shuttle_model.jpg: goldfish -> space shuttle" in dry.stderr
 
     applied = runner.invoke(app, ["relabel", NAME, "--from", str(bad), "--skip-invalid"])
     assert applied.exit_code == 0 and "changed 1" in applied.stderr and "problems 2" in applied.stderr
