@@ -114,9 +114,12 @@ def scan(
     labels: Annotated[Optional[Path], typer.Option(help="folder: CSV (filepath,label) for a flat folder.")] = None,
     label_field: Annotated[str, typer.Option(help="fiftyone: the field holding the labels.")] = "ground_truth",
     layout: Annotated[Optional[str], typer.Option(help="imagenet-val: force a layout (archives | extracted | kaggle | folders).")] = None,
+    boxes: Annotated[Optional[Path], typer.Option(
+        help="imagenet-val: the folder of the box files (<image>.xml), if not found under --root.")] = None,
 ) -> None:
     """Load SOURCE into FiftyOne, run the model once, attach predictions, Eigen-CAM maps and boxes,
     and rank the samples. Resumes by default: samples scanned with the same settings are skipped."""
+    from audit import db
     from audit.data import default_name, open_source
     from audit.lock import ScanLock
     from audit.data.imagenet import LAYOUTS
@@ -142,12 +145,13 @@ def scan(
 
     with ScanLock(name or default_name(source.value, root), kind="ingest", wait=True, on_wait=waiting):
         dataset, added = open_source(source.value, root, name, str(labels) if labels else None, label_field,
-                                     layout, limit, warn=warnings.append)
+                                     layout, limit, warn=warnings.append, boxes=str(boxes) if boxes else None)
     for warning in warnings[:20]:  # one line each, never wrapped: file:line stays greppable
         err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if len(warnings) > 20:
         err.print(f"warning: … and {len(warnings) - 20} more")
-    err.print(f"dataset '{dataset.name}': {len(dataset)} samples ({added} new)")
+    with_boxes = len(dataset.exists(db.GT_BOXES)) if dataset.has_sample_field(db.GT_BOXES) else 0
+    err.print(f"dataset '{dataset.name}': {len(dataset)} samples ({added} new), {with_boxes} with boxes")
     for each in loaded:
         err.print(f"model {each.name} on {each.device}: layer '{each.target_layer}', {each.preprocess.describe()}")
     options = ScanOptions(batch_size=batch_size, workers=workers, limit=limit, shard=(shard_index, shard_count),

@@ -318,3 +318,49 @@ def test_real_kaggle_dev_set():
     assert all(0 <= b.x1 < b.x2 <= 227 and 0 <= b.y1 < b.y2 <= 227 for r in records for b in r.boxes)
     names = [Path(r.filepath).name for r in records]
     assert names == sorted(names) and names[0] == "ILSVRC2012_val_00000355.JPEG"
+
+
+def move_boxes(root: Path, to: Path) -> None:
+    """The box files of root/val/ moved into ``to``, as when the bbox archive is extracted on its own."""
+    to.mkdir(parents=True)
+    for xml in (root / "val").glob("*.xml"):
+        xml.rename(to / xml.name)
+
+
+@pytest.mark.parametrize("layout", ["extracted", "folders"])
+def test_box_files_in_a_folder_of_their_own_under_the_root_are_found(tmp_path, photos, layout):
+    root = build(layout, tmp_path / "root", photos, **({"xml_beside": False} if layout == "folders" else {}))
+    (root / "train" / "n01440764").mkdir(parents=True)  # other folders on the way are passed by
+    (root / "train" / "n01440764" / "n01440764_1.xml").write_text("<annotation/>")
+    move_boxes(root, root / "bbox" / "val")
+    records, warnings = read(root)
+    assert sorted(summary(records)) == sorted(EXPECTED) and not warnings
+
+
+def test_boxes_names_a_box_folder_anywhere(tmp_path, photos):
+    root = build("extracted", tmp_path / "root", photos)
+    move_boxes(root, tmp_path / "elsewhere")
+    assert all(not r.boxes for r in read(root)[0])  # outside the root: not searched for
+    records, _ = read(root, boxes=tmp_path / "elsewhere")
+    assert summary(records) == EXPECTED
+    with pytest.raises(SourceError, match="box folder \\(--boxes\\) not found"):
+        read(root, boxes=tmp_path / "nowhere")
+    with pytest.raises(SourceError, match="no box files"):
+        read(root, boxes=root / "ILSVRC2012_devkit_t12")
+
+
+def test_the_scan_says_how_many_images_got_boxes(tmp_path, photos):
+    """As a user meets it: the installed program, on the official extracted layout with bbox/val/."""
+    from test_bad_inputs import run_audit
+
+    root = build("extracted", tmp_path / "root", photos)
+    move_boxes(root, root / "bbox" / "val")
+    (root / "val" / f"{SAMPLES[0].stem}.JPEG").rename(tmp_path / "aside.JPEG")  # one image missing
+    ran = run_audit("scan", "imagenet-val", "--root", str(root), "--name", "boxes-elsewhere", "--workers", "0",
+                    "--no-second-opinion", "--no-class-maps")
+    assert ran.returncode == 0, ran.stderr
+    assert f"dataset 'boxes-elsewhere': {len(SAMPLES) - 1} samples ({len(SAMPLES) - 1} new), " \
+           f"{len(SAMPLES) - 1} with boxes" in ran.stderr
+    bad = run_audit("scan", "imagenet-val", "--root", str(root), "--name", "boxes-nowhere",
+                    "--boxes", str(tmp_path / "nowhere"))
+    assert bad.returncode == 1 and bad.stderr.strip() == f"error: box folder (--boxes) not found: {tmp_path / 'nowhere'}"

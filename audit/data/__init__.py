@@ -26,11 +26,14 @@ def default_name(source: str, root: str | None) -> str:
 
 def open_source(source: str, root: str | None = None, name: str | None = None, labels: str | None = None,
                 label_field: str = db.GROUND_TRUTH, layout: str | None = None, limit: int | None = None,
-                warn: Callable[[str], None] = print):
-    """The persistent dataset for a source (ingesting what is new); returns (dataset, added)."""
+                warn: Callable[[str], None] = print, boxes: str | None = None):
+    """The persistent dataset for a source (ingesting what is new); returns (dataset, added).
+    ``boxes``: imagenet-val's box folder, when not where the layout puts it (found under the root otherwise)."""
     if source not in SOURCES:
         raise SourceError(f"unknown source '{source}': use one of {', '.join(SOURCES)}")
     name = name or default_name(source, root)
+    if boxes is not None and source != "imagenet-val":
+        raise SourceError("--boxes applies to the imagenet-val source")
     if source == "fiftyone":
         return _from_fiftyone(root, name, label_field), 0
     known = None
@@ -48,7 +51,7 @@ def open_source(source: str, root: str | None = None, name: str | None = None, l
         root = root or os.environ.get("IMAGENET_ROOT")
         _require(root, "--root PATH (or $IMAGENET_ROOT)")
         known = known_filepaths(name)  # their box files are not read again
-        records = read_imagenet(Path(root), layout=layout, limit=limit, warn=warn, skip=known)
+        records = read_imagenet(Path(root), layout=layout, limit=limit, warn=warn, skip=known, boxes=boxes)
     records = _first_read(records)  # a source that cannot be read fails before its dataset is created
     dataset, added = ingest(name, records, limit=limit, warn=warn, known=known)
     db.save_audit_info(dataset, source=source, label_field=db.GROUND_TRUTH)

@@ -90,6 +90,7 @@ def read_imagenet(
     warn: Warn = _log.warning,
     cache_dir: str | os.PathLike | None = None,
     skip: Collection[str] = frozenset(),
+    boxes: str | os.PathLike | None = None,
 ) -> Iterator[Record]:
     """The validation images under root as Records sorted by file name, at most ``limit`` of them.
 
@@ -98,6 +99,9 @@ def read_imagenet(
     problem that leaves the rest loadable. ``cache_dir`` is where the ``archives`` layout extracts to.
     ``skip``: file paths to leave out after the limit (those a dataset holds already, as FiftyOne
     stores them), their box files unread. Paths are absolute with ``..`` resolved (links kept).
+    ``boxes``: the folder of the box files (``<image stem>.xml``); without it, where the layout puts
+    them, else the first folder under root that holds box files named after the images
+    (`find_box_folder`: the bbox archive extracted into a folder of its own, ``root/bbox/val/``).
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
@@ -115,6 +119,12 @@ def read_imagenet(
         entries = _list_folders(root, warn)
     else:
         raise ValueError(f"unknown ImageNet layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    if boxes is not None:
+        _attach_boxes(entries, _require_folder(_absolute(boxes), "box folder (--boxes)"), warn)
+    elif layout != "kaggle" and not any(entry.xml for entry in entries):
+        found = find_box_folder(root, {Path(entry.path).stem for entry in entries})
+        if found is not None:
+            _attach_boxes(entries, found, warn)
     entries = entries[:limit]
     if skip:
         entries = [entry for entry in entries if entry.path not in skip]
@@ -440,6 +450,53 @@ def _list_folders(root: Path, warn: Warn) -> list[_Entry]:
         _warn_some(warn, "images have no box file", [path for (_, path, _), xml in zip(images, xmls)
                                                      if xml is None])
     return [_Entry(path, wnid, xml=xml) for (_, path, wnid), xml in zip(images, xmls)]
+
+
+# --- box files elsewhere ----------------------------------------------------------------------
+
+BOX_SEARCH_DEPTH = 3  # folders below root searched for box files
+BOX_SEARCH_ENTRIES = 2000  # entries of a folder read while searching: a box folder has its XMLs early
+
+
+def find_box_folder(root: Path, stems: set[str]) -> Path | None:
+    """The first folder under root, breadth first and at most BOX_SEARCH_DEPTH levels down (hidden
+    folders skipped), holding a Pascal VOC file named after one of the images (``<stem>.xml``), or
+    None. Each folder is read only BOX_SEARCH_ENTRIES entries far, so that a training set of a
+    million files beside the validation set costs a fraction of a second."""
+    level = [root]
+    for _depth in range(BOX_SEARCH_DEPTH + 1):
+        below = []
+        for folder in level:
+            try:
+                with os.scandir(folder) as entries:
+                    for count, entry in enumerate(entries):
+                        if count >= BOX_SEARCH_ENTRIES:
+                            break
+                        if entry.name.endswith(".xml") and entry.name[:-4] in stems and entry.is_file():
+                            return Path(folder)
+                        if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                            below.append(Path(entry.path))
+            except OSError:
+                continue
+        level = sorted(below)
+    return None
+
+
+def _require_folder(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise SourceError(f"{what} not found: {path}")
+    return path
+
+
+def _attach_boxes(entries: list[_Entry], folder: Path, warn: Warn) -> None:
+    """Give each entry the box file named after its image in folder (``<stem>.xml``), instead of any
+    it had; warns about the images that have none there."""
+    xmls = _scan_flat(folder)[1]
+    if not xmls:
+        raise SourceError(f"no box files (<image name>.xml) in {folder}")
+    for entry in entries:
+        entry.xml = xmls.get(Path(entry.path).stem)
+    _warn_some(warn, f"images have no box file in {folder}", [Path(e.path).name for e in entries if e.xml is None])
 
 
 # --- records and box files --------------------------------------------------------------------
