@@ -256,7 +256,8 @@ def export(
     everything: Annotated[bool, typer.Option("--all", help="Every scanned sample, not only flagged ones.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
     document_root: Annotated[Optional[Path], typer.Option(
-        help="labelstudio: Label Studio's LOCAL_FILES_DOCUMENT_ROOT (default: the images' common folder).")] = None,
+        help="labelstudio: Label Studio's LOCAL_FILES_DOCUMENT_ROOT (default: the folder above the images' "
+             "common folder, which is the storage).")] = None,
 ) -> None:
     """Write the relabel list (highest mislabel_score first) with an empty new_label column.
 
@@ -266,9 +267,15 @@ def export(
 
     _check_category(category)
     dataset = db.load_dataset(name)
-    count = export_dataset(dataset, out_path, fmt.value, category=category, top=top, everything=everything,
-                           overwrite=overwrite, document_root=document_root)
-    err.print(f"wrote {count} {'tasks' if fmt == ExportFormat.labelstudio else 'rows'} to {out_path}")
+    exported = export_dataset(dataset, out_path, fmt.value, category=category, top=top, everything=everything,
+                              overwrite=overwrite, document_root=document_root)
+    err.print(f"wrote {exported.count} {'tasks' if exported.labelstudio else 'rows'} to {out_path}")
+    if exported.labelstudio:
+        folders = exported.labelstudio
+        err.print(f"Label Studio: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
+                  f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={folders.document_root}, add a Local files storage with "
+                  f"the absolute path {folders.storage} (no sync), then import {out_path}",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("eval-loc")

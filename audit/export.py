@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -56,11 +57,20 @@ def write_export(rows: list[dict], out: Path, fmt: str, overwrite: bool = False)
                 handle.write(json.dumps(row) + "\n")
 
 
+@dataclass(frozen=True)
+class Exported:
+    """What an export wrote: how many rows (or tasks), and for Label Studio the folders to serve them from."""
+
+    count: int
+    labelstudio: LabelStudioFolders | None = None
+
+
 def export_dataset(dataset, out: Path, fmt: str = "csv", category: str | None = None, top: int | None = None,
                    everything: bool = False, overwrite: bool = False, document_root: Path | None = None,
-                   prefill_marks: bool = False) -> int:
-    """Write the relabel list of a dataset or a view (``audit export``); returns the number of rows.
-    ``prefill_marks`` fills ``new_label`` with the corrected labels marked in the App."""
+                   prefill_marks: bool = False) -> Exported:
+    """Write the relabel list of a dataset or a view (``audit export``). ``prefill_marks`` fills
+    ``new_label`` with the corrected labels marked in the App; ``document_root`` is Label Studio's
+    (default: the folder above the images' common folder, see `labelstudio_folders`)."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
     rows = export_rows(dataset, category=category, top=top, everything=everything)
@@ -68,11 +78,13 @@ def export_dataset(dataset, out: Path, fmt: str = "csv", category: str | None = 
         marked = dict(zip(*dataset.values(["id", "relabel_to"])))
         for row in rows:
             row["new_label"] = marked.get(row["sample_id"]) or ""
+    folders = None
     if fmt == "labelstudio":
         candidates = candidate_labels(dataset, [row["sample_id"] for row in rows])
-        rows = labelstudio_tasks(rows, document_root, candidates)
+        folders = labelstudio_folders([row["filepath"] for row in rows], document_root)
+        rows = labelstudio_tasks(rows, folders, candidates)
     write_export(rows, out, fmt, overwrite=overwrite)
-    return len(rows)
+    return Exported(len(rows), folders)
 
 
 def candidate_labels(dataset, sample_ids: list[str]) -> dict[str, list[str]]:
@@ -97,23 +109,42 @@ LABEL_STUDIO_CONFIG = """<View>
 </View>"""
 
 
-def labelstudio_tasks(rows: list[dict], document_root: Path | None = None,
+@dataclass(frozen=True)
+class LabelStudioFolders:
+    """Where Label Studio serves the tasks' images from: ``document_root`` is its
+    LOCAL_FILES_DOCUMENT_ROOT, ``storage`` the path of the project's Local files storage. Label
+    Studio (1.23) refuses a storage that is not strictly below the document root, and serves a file
+    only from within a storage: so the storage is the images' common folder, the root above it."""
+
+    document_root: Path
+    storage: Path
+
+
+def labelstudio_folders(filepaths: list[str], document_root: Path | None = None) -> LabelStudioFolders:
+    """The folders for ``filepaths`` (resolved): the storage is their common folder, the document
+    root ``document_root`` or else the storage's parent. ExportError when Label Studio would refuse them."""
+    folders = [Path(path).resolve().parent for path in filepaths] or [Path.cwd()]
+    storage = Path(os.path.commonpath([str(folder) for folder in folders]))
+    root = storage.parent if document_root is None else Path(document_root).resolve()
+    for filepath in filepaths:
+        if root not in Path(filepath).resolve().parents:
+            raise ExportError(f"{filepath} is not under the document root {root}; "
+                              "pass a --document-root that holds every image")
+    if root == storage or root not in storage.parents:
+        raise ExportError(f"the document root must be a folder above the images' folder {storage} (Label Studio "
+                          f"refuses a Local files storage at its document root); pass --document-root {storage.parent}")
+    return LabelStudioFolders(root, storage)
+
+
+def labelstudio_tasks(rows: list[dict], folders: LabelStudioFolders,
                       candidates: dict[str, list[str]] | None = None) -> list[dict]:
     """Label Studio tasks, one per row: the image as a local-files URL
-    (``/data/local-files/?d=<path relative to the document root>``; Label Studio serves it when
-    LOCAL_FILES_SERVING_ENABLED=true and LOCAL_FILES_DOCUMENT_ROOT is that root), our columns as data
-    fields, the choices to offer, and the given label as a pre-annotation (a prediction)."""
-    filepaths = [str(Path(row["filepath"]).resolve()) for row in rows]
-    if document_root is None:
-        document_root = Path(os.path.commonpath([str(Path(p).parent) for p in filepaths])) if filepaths else Path("/")
-    root = Path(document_root).resolve()
+    (``/data/local-files/?d=<path relative to the document root>``, served from the storage of
+    ``folders``), our columns as data fields, the choices to offer, and the given label as a
+    pre-annotation (a prediction)."""
     tasks = []
-    for row, filepath in zip(rows, filepaths):
-        try:
-            relative = Path(filepath).relative_to(root)
-        except ValueError:
-            raise ExportError(f"{filepath} is not under the document root {root}; "
-                              "pass a --document-root that holds every image") from None
+    for row in rows:
+        relative = Path(row["filepath"]).resolve().relative_to(folders.document_root)
         options = []
         for label in [row["given_label"], row["suggested_label"], row["predicted_label"],
                       *(candidates or {}).get(row["sample_id"], [])]:

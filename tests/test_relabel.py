@@ -4,6 +4,7 @@ idempotent, bad rows reported; the App's marks; Label Studio's export read back.
 import csv
 import json
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 from typer.testing import CliRunner
@@ -152,7 +153,7 @@ def test_json_jsonl_and_label_studio_exports_read_back(dataset, tmp_path):
     tasks = json.loads(tasks_path.read_text())
     assert len(tasks) == len(dataset)
     task = next(t for t in tasks if t["data"]["filepath"].endswith("rocket.jpg"))
-    assert task["data"]["image"] == "/data/local-files/?d=rocket.jpg"  # relative to the images' folder
+    assert task["data"]["image"] == "/data/local-files/?d=sample_data/rocket.jpg"  # under the folder above
     assert task["predictions"][0]["result"][0]["value"]["choices"] == ["projectile"]  # the given label
     assert {"value": "missile"} in task["data"]["options"]  # the model's top labels are offered
     assert task["data"]["reasons"] and "category" in task["data"]
@@ -176,6 +177,33 @@ def test_json_jsonl_and_label_studio_exports_read_back(dataset, tmp_path):
     outside = runner.invoke(app, ["export", NAME, "--out", str(tmp_path / "t2.json"), "--format", "labelstudio",
                                   "--all", "--document-root", str(tmp_path)])
     assert outside.exit_code == 1 and "not under the document root" in outside.stderr
+
+
+def test_label_studio_tasks_keep_label_studios_local_files_rules(dataset, tmp_path):
+    """Label Studio 1.23 (io_storages/localfiles): a Local files storage must lie strictly below
+    LOCAL_FILES_DOCUMENT_ROOT, and a file is served only from within a storage."""
+    tasks_path = tmp_path / "tasks.json"
+    result = runner.invoke(app, ["export", NAME, "--out", str(tasks_path), "--format", "labelstudio", "--all"])
+    assert result.exit_code == 0, result.output
+    said = next(line for line in result.stderr.splitlines() if line.startswith("Label Studio:"))
+    root = Path(said.split("LOCAL_FILES_DOCUMENT_ROOT=")[1].split(",")[0])
+    storage = Path(said.split("the absolute path ")[1].split(" (no sync)")[0])
+    assert storage.is_dir() and root in storage.parents  # strictly below: never the root itself
+    tasks = json.loads(tasks_path.read_text())
+    assert len(tasks) == len(dataset)
+    for task in tasks:
+        url = urlparse(task["data"]["image"])
+        assert url.path == "/data/local-files/"
+        served = root / unquote(parse_qs(url.query)["d"][0])
+        assert served.is_file() and served == Path(task["data"]["filepath"]).resolve()
+        assert storage == served.parent or storage in served.parent.parents  # within the storage
+        for key in ("predicted_confidence", "options", "summary"):  # fields the labelling view reads
+            assert key in task["data"]
+
+    at_the_images = runner.invoke(app, ["export", NAME, "--out", str(tmp_path / "t3.json"), "--format",
+                                        "labelstudio", "--all", "--document-root", str(storage)])
+    assert at_the_images.exit_code == 1 and not (tmp_path / "t3.json").exists()
+    assert f"pass --document-root {storage.parent}" in at_the_images.stderr
 
 
 def test_new_labels_of_a_non_imagenet_dataset_must_be_known(tmp_path):

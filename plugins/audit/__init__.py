@@ -173,14 +173,17 @@ class ExportRelabelList(foo.Operator):
 
         path = os.path.expanduser(ctx.params["path"])
         try:
-            count = export_dataset(ctx.target_view(), Path(path), ctx.params.get("format") or "csv",
-                                   everything=bool(ctx.params.get("everything")),
-                                   overwrite=bool(ctx.params.get("overwrite")), prefill_marks=True)
+            exported = export_dataset(ctx.target_view(), Path(path), ctx.params.get("format") or "csv",
+                                      everything=bool(ctx.params.get("everything")),
+                                      overwrite=bool(ctx.params.get("overwrite")), prefill_marks=True)
         except ExportError as error:
             ctx.ops.notify(str(error), variant="error")
             return {"error": str(error)}
-        ctx.ops.notify(f"wrote {count} rows to {path}", variant="success")
-        return {"rows": count, "path": path}
+        serve = "" if exported.labelstudio is None else (
+            f" (Label Studio: document root {exported.labelstudio.document_root}, "
+            f"Local files storage {exported.labelstudio.storage})")
+        ctx.ops.notify(f"wrote {exported.count} rows to {path}{serve}", variant="success")
+        return {"rows": exported.count, "path": path}
 
     def resolve_output(self, ctx):
         outputs = types.Object()
