@@ -62,13 +62,37 @@ def ensure_database() -> None:
             _check_mongod()
         _DATABASE_CHECKED["done"] = True
     try:
-        database.get_db_conn()
+        connection = database.get_db_conn()
     except Exception as error:
         if fo.config.database_uri:
             hint = f"check FIFTYONE_DATABASE_URI ({_redacted(fo.config.database_uri)})"
         else:
             hint = f"see {Path(fo.config.database_dir) / 'log' / 'mongo.log'}; reinstall it with {_INSTALL} {_USE_URI}"
         raise DatasetError(f"cannot reach FiftyOne's database ({_first_line(error)}); {hint}") from None
+    if not fo.config.database_uri and not _DATABASE_CHECKED.get("folder"):
+        _check_database_folder(connection.client)
+        _DATABASE_CHECKED["folder"] = True
+
+
+def _check_database_folder(client) -> None:
+    """Without FIFTYONE_DATABASE_URI, the mongod that answered keeps its data in the folder
+    FIFTYONE_DATABASE_DIR names. FiftyOne attaches to a database service already running on the
+    machine whatever that folder is (another user's, another project's), so this is asked of the
+    server itself (its ``--dbpath``) before anything is written."""
+    try:
+        served = client.admin.command("getCmdLineOpts")["parsed"]["storage"]["dbPath"]
+        pid = client.admin.command("serverStatus").get("pid")
+    except Exception:  # a server that does not say (not a mongod of FiftyOne's): nothing to compare
+        return
+    wanted = fo.config.database_dir
+    if os.path.realpath(served) == os.path.realpath(wanted):
+        return
+    port = client.address[1] if client.address else "PORT"
+    raise DatasetError(
+        f"FiftyOne attached to a database already running on this machine (mongod pid {pid}, port {port}, data in "
+        f"{served}), not the one FIFTYONE_DATABASE_DIR names ({wanted}); nothing was written. Stop the FiftyOne "
+        f"process that started it (an App, a notebook), or use it on purpose with "
+        f"FIFTYONE_DATABASE_URI=mongodb://127.0.0.1:{port}")
 
 
 def _first_line(error: BaseException, limit: int = 160) -> str:

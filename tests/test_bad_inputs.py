@@ -469,6 +469,53 @@ def test_a_missing_or_broken_mongod_is_one_line_saying_what_to_do(tmp_path, monk
     assert message in one_line(result.stderr)
 
 
+def own_database_env(folder: Path) -> dict:
+    """An environment in which FiftyOne runs (or attaches to) its own database service for ``folder``,
+    as a user without FIFTYONE_DATABASE_URI has it."""
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("FIFTYONE_DATABASE_URI", "FIFTYONE_PRIVATE_DATABASE_PORT")}
+    return {**env, "FIFTYONE_DATABASE_DIR": str(folder), "FIFTYONE_DEFAULT_DATASET_DIR": str(folder / "files")}
+
+
+def test_another_users_running_database_is_refused_before_anything_is_written(tmp_path):
+    """FiftyOne attaches to a database service another process started for another folder; `audit`
+    asks the server for its folder and stops with one line, writing nothing there."""
+    import psutil
+    import pymongo
+
+    theirs, mine = tmp_path / "theirs", tmp_path / "mine"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        import fiftyone.core.odm.database as database
+        print(database.get_db_conn().client.address[1], flush=True)
+        sys.stdin.read()  # runs until the test closes stdin
+        """)], env=own_database_env(theirs), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(holder.stdout.readline())
+        refused = subprocess.run([AUDIT, "scan", "sample", "--name", "someone-elses"], capture_output=True, text=True,
+                                 timeout=300, env=own_database_env(mine))
+        line = one_line(refused.stderr)
+        assert refused.returncode == 1
+        assert f"port {port}, data in {theirs}), not the one FIFTYONE_DATABASE_DIR names ({mine})" in line
+        assert f"FIFTYONE_DATABASE_URI=mongodb://127.0.0.1:{port}" in line
+        with pymongo.MongoClient(port=port) as client:
+            names = client["fiftyone"]["datasets"].distinct("name")
+            assert "someone-elses" not in names and client["fiftyone"]["audit_locks"].count_documents({}) == 0
+        mine_ok = subprocess.run([AUDIT, "datasets"], capture_output=True, text=True, timeout=300,
+                                 env=own_database_env(theirs))  # the folder it serves: fine
+        on_purpose = subprocess.run([AUDIT, "datasets"], capture_output=True, text=True, timeout=300,
+                                    env={**own_database_env(mine), "FIFTYONE_DATABASE_URI": f"mongodb://127.0.0.1:{port}"})
+        assert mine_ok.returncode == 0 and on_purpose.returncode == 0, mine_ok.stderr + on_purpose.stderr
+    finally:
+        family = psutil.Process(holder.pid).children(recursive=True)
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        for process in family:  # the service and its mongod, should they outlive their client
+            if process.is_running():
+                process.terminate()
+        psutil.wait_procs(family, timeout=30)
+
+
 def test_a_dataset_deleted_while_shown_fails_each_command_with_one_line(image_matrix, tmp_path):
     """Deleted (say, from another terminal) while the App shows it: the commands say so in one line,
     the held dataset finds nothing and reloads as not found (the App's operators load it per call and
