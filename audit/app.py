@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+from audit.errors import AuditError
 from audit import db, settings
 
 PLUGINS_DIR = settings.PACKAGE_DIR.parent / "plugins"
@@ -37,7 +38,7 @@ CATEGORY_COLOURS = {"suspected_mislabel": "#d62728", "classifier_failure": "#ff7
 GRID_ZOOM = 8  # FiftyOne's default (7) makes tiles too small to judge a label by
 
 
-class AppError(Exception):
+class AppError(AuditError):
     """The App cannot be started; one line."""
 
 

@@ -16,6 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from audit.errors import AuditError
+
 app = typer.Typer(help="Find label errors and classifier failures in image datasets (Eigen-CAM + FiftyOne).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 out = Console()
@@ -41,20 +43,6 @@ class ExportFormat(str, Enum):
     labelstudio = "labelstudio"
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from audit.data.records import SourceError
-    from audit.db import DatasetError
-    from audit.evaluate.labels import TruthError
-    from audit.evaluate.localization import LocalizationError
-    from audit.export import ExportError
-    from audit.models.weights import ModelError
-    from audit.app import AppError
-    from audit.relabel import RelabelError
-    from audit.report import ReportError
-
-    return SourceError, DatasetError, TruthError, LocalizationError, ExportError, ModelError, AppError, RelabelError, ReportError, OSError
-
-
 def command(function):
     """Every command: a known failure is one line on stderr and exit 1 (the traceback with --debug)."""
 
@@ -71,7 +59,7 @@ def command(function):
         except Exception as error:
             if DEBUG["on"]:
                 traceback.print_exc()
-            known = isinstance(error, _known_errors())
+            known = isinstance(error, (AuditError, OSError))  # said in one line; anything else names its type
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             err.print(f"error: {message}" if known else f"error: {type(error).__name__}: {message}",
                       markup=False, highlight=False, soft_wrap=True)

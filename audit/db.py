@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+from audit.errors import AuditError
 from audit import settings  # (also sets FiftyOne's environment before it is imported)
 
 import fiftyone as fo
@@ -37,7 +38,7 @@ CATEGORY_VIEWS = {"suspected_mislabel": "audit-mislabels", "classifier_failure":
                   "ambiguous": "audit-ambiguous", "bad_box": "audit-bad-boxes"}
 
 
-class DatasetError(Exception):
+class DatasetError(AuditError):
     """A dataset is missing or cannot be used; the message is one line."""
 
 

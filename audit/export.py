@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from audit.errors import AuditError
 from audit.outfile import atomic_output, check_output
 from audit.triage import ranked_rows
 
@@ -19,7 +20,7 @@ COLUMNS = ("sample_id", "filepath", "given_label", "predicted_label", "predicted
            "category", "mislabel_score", "reasons", "new_label")
 
 
-class ExportError(Exception):
+class ExportError(AuditError):
     """The export could not be written; one line."""
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from audit.errors import AuditError
 from audit import db
 from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.triage import rescore
@@ -42,7 +43,7 @@ HISTORY = "relabel_history"
 APP_MARKS = "app-marks"  # the ``source`` of changes applied from the App's marks
 
 
-class RelabelError(Exception):
+class RelabelError(AuditError):
     """The corrections cannot be applied; one line (the per-row problems are in ``problems``)."""
 
     def __init__(self, message: str, problems: list[str] | None = None):

@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from audit.errors import AuditError
 from audit.outfile import atomic_output, check_output
 from audit import db
 from audit.render import overlay
@@ -31,7 +32,7 @@ CATEGORY_MEANING = {
 BINS = 20
 
 
-class ReportError(Exception):
+class ReportError(AuditError):
     """The report could not be written; one line."""
 
 

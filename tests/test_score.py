@@ -6,7 +6,7 @@ import torch
 
 from audit.data.classes import imagenet_names
 from audit.evidence import sample_signals
-from audit.score import judge
+from audit.score import for_new_label, judge
 
 NAMES = imagenet_names()
 TABBY, ESPRESSO, TRIPOD = (NAMES.index(n) for n in ("tabby", "espresso", "tripod"))
@@ -98,3 +98,24 @@ def test_a_box_over_the_whole_view_is_named_in_the_reasons_of_a_disputed_label(s
     assert any("singles out no one object (its box spans 95% of what the model saw)" in r for r in spread.reasons)
     assert not any("no one object" in r for r in compact.reasons)
     assert (spread.category, spread.mislabel_score) == (compact.category, compact.mislabel_score)  # information only
+
+
+def test_a_new_label_is_judged_on_the_whole_image_from_the_stored_top_classes(signals):
+    """After a relabel: the stored views were chosen for the old label and are left out; the new
+    label's probability comes from the stored top 5, or is bounded by the 5th when not among them."""
+    stored = signals(ESPRESSO, distribution(tripod=0.8, espresso=0.1), flip=distribution(tripod=0.8, espresso=0.1))
+    assert judge(stored).category == "suspected_mislabel"
+    fixed = for_new_label(stored, "tripod", TRIPOD)
+    assert "views" not in fixed and "consensus" not in fixed
+    assert (fixed["given_prob"], fixed["max_other_prob"], fixed["given_rank"]) == pytest.approx((0.8, 0.1, 1))
+    verdict = judge(fixed)
+    assert verdict.category == "ok" and verdict.mislabel_score == pytest.approx((1 - 0.7) / 2)
+    assert verdict.reasons[0].startswith("relabelled from 'espresso' after the scan")
+
+    outside = for_new_label(stored, "tabby", TABBY)  # 0.1 / 998 here: not among the top 5
+    assert outside["given_prob_bound"] and outside["given_prob"] == pytest.approx(stored["top_probs"][-1])
+    verdict = judge(outside)
+    assert verdict.category == "suspected_mislabel" and verdict.suggested_label == "tripod"
+    assert "'tabby' below" in verdict.reasons[2] and "(not in the top 5)" in verdict.reasons[2]
+    unknown = for_new_label(stored, "widget", None)  # not a class the model is known to have
+    assert judge(unknown).mislabel_score is None

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from audit.errors import AuditError
+
 
 @dataclass(frozen=True)
 class GroundTruthBox:
@@ -30,7 +32,7 @@ class Record:
     height: int | None = None
 
 
-class SourceError(Exception):
+class SourceError(AuditError):
     """A source could not be read; the message is one line that names the file and what was expected."""
 
 

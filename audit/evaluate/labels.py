@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from audit.errors import AuditError
 from audit import db
 from audit.score import CONFIDENT, judge
 
 PRECISION_AT = (10, 25, 50)
 
 
-class TruthError(Exception):
+class TruthError(AuditError):
     """The truth file cannot be used; one line."""
 
 

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageOps
 from rich.progress import Progress
 
+from audit.errors import AuditError
 from audit import db
 from audit.explain import box_iou, boxes_from_map, eigen_cam, eigen_salience, fuse, grad_cam, map_to_image, normalise_maps
 from audit.explain.boxes import DEFAULT_THRESHOLD
@@ -23,7 +24,7 @@ THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.40)
 METHODS = ("eigencam", "fused", "gradcam")
 
 
-class LocalizationError(Exception):
+class LocalizationError(AuditError):
     """The dataset cannot be evaluated; one line."""
 
 

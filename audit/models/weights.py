@@ -9,8 +9,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from audit.errors import AuditError
 
-class ModelError(Exception):
+
+class ModelError(AuditError):
     """A model could not be built or loaded; the message is one line that says what to do."""
 
 

@@ -12,11 +12,15 @@ runs the App (the one ``audit app`` uses).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from pathlib import Path
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+
+from audit.errors import AuditError
 
 CATEGORY_HELP = ("suspected_mislabel: the label is probably wrong; classifier_failure: the model is wrong, "
                  "the label probably right; ambiguous: several objects or classes")
@@ -28,6 +32,29 @@ def _targets(ctx) -> list[str]:
         return list(ctx.selected)
     current = getattr(ctx, "current_sample", None)
     return [current] if current else []
+
+
+def notifies_errors(execute):
+    """Every operator's ``execute``: a failure the audit explains (`AuditError`: a refused lock, a
+    missing model, a bad label) becomes an error notification in the App and the result's ``error``,
+    not a traceback. Generator operators notify as their last message."""
+    if inspect.isgeneratorfunction(execute):
+        @functools.wraps(execute)
+        def run_generator(self, ctx):
+            try:
+                yield from execute(self, ctx)
+            except AuditError as error:
+                yield ctx.ops.notify(str(error), variant="error")
+        return run_generator
+
+    @functools.wraps(execute)
+    def run(self, ctx):
+        try:
+            return execute(self, ctx)
+        except AuditError as error:
+            ctx.ops.notify(str(error), variant="error")
+            return {"error": str(error)}
+    return run
 
 
 def _error(inputs, message: str) -> types.Property:
@@ -61,15 +88,11 @@ class MarkRelabel(foo.Operator):
                                "(ImageNet datasets: any class name, synonym or WordNet id)")
         return types.Property(inputs, view=types.View(label=f"Mark {len(ids)} sample(s) as relabel"))
 
+    @notifies_errors
     def execute(self, ctx):
-        from audit.relabel import RELABEL_TAG, RelabelError, mark_samples
+        from audit.relabel import RELABEL_TAG, mark_samples
 
-        ids = _targets(ctx)
-        try:
-            count = mark_samples(ctx.dataset, ids, RELABEL_TAG, ctx.params.get("new_label") or None)
-        except RelabelError as error:
-            ctx.ops.notify(str(error), variant="error")
-            return {"marked": 0, "error": str(error)}
+        count = mark_samples(ctx.dataset, _targets(ctx), RELABEL_TAG, ctx.params.get("new_label") or None)
         ctx.ops.reload_dataset()
         ctx.ops.notify(f"marked {count} sample(s) relabel", variant="success")
         return {"marked": count}
@@ -104,6 +127,7 @@ class MarkLabelOk(foo.Operator):
             inputs.str("message", label=f"Mark {len(ids)} sample(s) as label_ok?", view=types.Notice())
         return types.Property(inputs, view=types.View(label="Mark as label_ok"))
 
+    @notifies_errors
     def execute(self, ctx):
         from audit.relabel import OK_TAG, mark_samples
 
@@ -136,6 +160,7 @@ class ApplyRelabelMarks(foo.Operator):
                 "ground_truth_original and relabel_history"))
         return types.Property(inputs, view=types.View(label="Apply relabel marks"))
 
+    @notifies_errors
     def execute(self, ctx):
         from audit.relabel import relabel_from_marks
 
@@ -168,17 +193,14 @@ class ExportRelabelList(foo.Operator):
         inputs.bool("overwrite", label="Replace the file if it exists", default=False)
         return types.Property(inputs, view=types.View(label="Export relabel list"))
 
+    @notifies_errors
     def execute(self, ctx):
-        from audit.export import ExportError, export_dataset
+        from audit.export import export_dataset
 
         path = os.path.expanduser(ctx.params["path"])
-        try:
-            exported = export_dataset(ctx.target_view(), Path(path), ctx.params.get("format") or "csv",
-                                      everything=bool(ctx.params.get("everything")),
-                                      overwrite=bool(ctx.params.get("overwrite")), prefill_marks=True)
-        except ExportError as error:
-            ctx.ops.notify(str(error), variant="error")
-            return {"error": str(error)}
+        exported = export_dataset(ctx.target_view(), Path(path), ctx.params.get("format") or "csv",
+                                  everything=bool(ctx.params.get("everything")),
+                                  overwrite=bool(ctx.params.get("overwrite")), prefill_marks=True)
         serve = "" if exported.labelstudio is None else (
             f" (Label Studio: document root {exported.labelstudio.document_root}, "
             f"Local files storage {exported.labelstudio.storage})")
@@ -211,6 +233,7 @@ class RunAudit(foo.Operator):
                    "machine running the App (about 0.1-0.5 s an image on a CPU)")
         return types.Property(inputs, view=types.View(label="Run the audit"))
 
+    @notifies_errors
     def execute(self, ctx):
         from audit.models.registry import load_model
         from audit.scan import ScanOptions, scan

@@ -1,0 +1,11 @@
+"""The one kind of failure the audit explains: `AuditError`, a message of one line for a person.
+
+The CLI prints it as ``error: <message>`` and exits with status 1; the App's plugin shows it as a
+notification. Each job raises its own subclass (``SourceError``, ``ModelError``, ...), so a caller
+may catch one kind, but nothing needs to know them all."""
+
+from __future__ import annotations
+
+
+class AuditError(Exception):
+    """A failure the user can act on; ``str(error)`` is one line saying what happened and what to do."""
