@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from audit.errors import AuditError
-from audit import db, settings
+from audit import db, names, settings
 
 PLUGINS_DIR = settings.PACKAGE_DIR.parent / "plugins"
 PLUGIN_NAME = "@audit/audit"
@@ -26,15 +26,12 @@ DEFAULT_ADDRESS = "127.0.0.1"
 # maps (off by default: switch them on in the sidebar) glow in the colour of what they explain:
 # Grad-CAM of the prediction orange, of the given label teal (the label's colour), the second
 # Eigen-CAM component magenta.
-FIELD_COLOURS = {db.EIGENCAM: "#ff1a1a", db.EIGENCAM_BOX: "#ffffff", db.GT_BOXES: "#00dc00",
-                 db.GROUND_TRUTH: "#1f9e89", db.PREDICTIONS: "#ff8c00", db.CATEGORY: "#d62728",
-                 db.SCORE: "#8c2d04", db.EIGENCAM_PC2: "#ff00ff", db.GRADCAM_PRED: "#ff8c00",
-                 db.GRADCAM_GIVEN: "#1f9e89"}
+FIELD_COLOURS = {names.EIGENCAM: "#ff1a1a", names.EIGENCAM_BOX: "#ffffff", names.GT_BOXES: "#00dc00",
+                 names.GROUND_TRUTH: "#1f9e89", names.PREDICTIONS: "#ff8c00", names.CATEGORY: "#d62728",
+                 names.SCORE: "#8c2d04", names.EIGENCAM_PC2: "#ff00ff", names.GRADCAM_PRED: "#ff8c00",
+                 names.GRADCAM_GIVEN: "#1f9e89"}
 # Used when the user switches the App to colour by value: "jet" like the report, red = strongest.
 HEATMAP_COLORSCALE = "jet"
-# The verdict's colour on the tiles, as in the report and the panel.
-CATEGORY_COLOURS = {"suspected_mislabel": "#d62728", "classifier_failure": "#ff7f0e", "ambiguous": "#9467bd",
-                    "bad_box": "#8c564b", "ok": "#2ca02c", "error": "#7f7f7f"}
 GRID_ZOOM = 8  # FiftyOne's default (7) makes tiles too small to judge a label by
 
 
@@ -71,20 +68,20 @@ def apply_app_defaults(dataset) -> None:
         color_by="field",
         opacity=0.55,
         colorscales=[{"path": path, "name": HEATMAP_COLORSCALE}
-                     for path in (db.EIGENCAM, db.EIGENCAM_PC2, db.GRADCAM_PRED, db.GRADCAM_GIVEN)],
+                     for path in (names.EIGENCAM, names.EIGENCAM_PC2, names.GRADCAM_PRED, names.GRADCAM_GIVEN)],
         fields=[{"path": path, "fieldColor": colour} for path, colour in
-                {**FIELD_COLOURS, label: FIELD_COLOURS[db.GROUND_TRUTH]}.items() if path in present
-                and path != db.CATEGORY]
-        + ([{"path": db.CATEGORY, "fieldColor": FIELD_COLOURS[db.CATEGORY],
-             "valueColors": [{"value": v, "color": c} for v, c in CATEGORY_COLOURS.items()]}]
-           if db.CATEGORY in present else []),
+                {**FIELD_COLOURS, label: FIELD_COLOURS[names.GROUND_TRUTH]}.items() if path in present
+                and path != names.CATEGORY]
+        + ([{"path": names.CATEGORY, "fieldColor": FIELD_COLOURS[names.CATEGORY],
+             "valueColors": [{"value": v, "color": c} for v, c in names.CATEGORY_COLOURS.items()]}]
+           if names.CATEGORY in present else []),
     )
     # On the grid's tiles: the verdict, the score, the given label and the prediction; no more.
-    active = [p for p in (db.CATEGORY, db.SCORE, label, db.PREDICTIONS, db.EIGENCAM, db.EIGENCAM_BOX, db.GT_BOXES)
+    active = [p for p in (names.CATEGORY, names.SCORE, label, names.PREDICTIONS, names.EIGENCAM, names.EIGENCAM_BOX, names.GT_BOXES)
               if p in present]
     config.active_fields = fo.ActiveFields(paths=active)
     groups = fo.DatasetAppConfig.default_sidebar_groups(dataset)
-    audit_paths = [p for p in (db.CATEGORY, db.SCORE, db.SUGGESTED, db.REASONS, "relabel_to", "relabel_history",
+    audit_paths = [p for p in (names.CATEGORY, names.SCORE, names.SUGGESTED, names.REASONS, names.RELABEL_TO, names.HISTORY,
                                f"{label}_original") if p in present]
     for group in groups:
         group.paths = [p for p in group.paths if p not in audit_paths]
@@ -101,9 +98,9 @@ def choose_view(dataset, view: str | None):
             saved = ", ".join(dataset.list_saved_views()) or "none"
             raise AppError(f"no saved view '{view}' on '{dataset.name}' (saved views: {saved})")
         return view
-    if not dataset.has_saved_view(db.FLAGGED_VIEW) and dataset.has_sample_field(db.CATEGORY):
+    if not dataset.has_saved_view(names.FLAGGED_VIEW) and dataset.has_sample_field(names.CATEGORY):
         db.sync_flags(dataset)
-    return db.FLAGGED_VIEW if dataset.has_saved_view(db.FLAGGED_VIEW) else None
+    return names.FLAGGED_VIEW if dataset.has_saved_view(names.FLAGGED_VIEW) else None
 
 
 def check_port(address: str, port: int) -> None:

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
+from audit import names
 from audit.errors import AuditError
 
 app = typer.Typer(help="Find label errors and classifier failures in image datasets (Eigen-CAM + FiftyOne).",
@@ -107,11 +108,10 @@ def scan(
 ) -> None:
     """Load SOURCE into FiftyOne, run the model once, attach predictions, Eigen-CAM maps and boxes,
     and rank the samples. Resumes by default: samples scanned with the same settings are skipped."""
-    from audit import db
     from audit.data import default_name, open_source
     from audit.lock import ScanLock
     from audit.data.imagenet import LAYOUTS
-    from audit.models.registry import DEFAULT_MODEL, PRESETS, load_model
+    from audit.models.registry import PRESETS, load_model
     from audit.scan import ScanOptions, check_ensemble
     from audit.scan import scan as run_scan
     from audit.triage import rescore
@@ -119,12 +119,12 @@ def scan(
     shard_index, shard_count = _parse_shard(shard)
     if models is not None and models not in PRESETS:
         raise typer.BadParameter(f"'{models}' is not one of {', '.join(PRESETS)}", param_hint="--models")
-    names = list(dict.fromkeys((model or []) + (PRESETS[models] if models else []))) or [DEFAULT_MODEL]
-    if len(names) > 1 and (weights or layer):
+    model_names = list(dict.fromkeys((model or []) + (PRESETS[models] if models else []))) or [names.DEFAULT_MODEL]
+    if len(model_names) > 1 and (weights or layer):
         raise typer.BadParameter("--weights and --layer apply to a single --model", param_hint="--weights/--layer")
     if layout is not None and layout not in LAYOUTS:
         raise typer.BadParameter(f"'{layout}' is not one of {', '.join(LAYOUTS)}", param_hint="--layout")
-    loaded = [load_model(n, weights=weights, layer=layer, device=device) for n in names]
+    loaded = [load_model(n, weights=weights, layer=layer, device=device) for n in model_names]
     check_ensemble(loaded)
     warnings: list[str] = []
 
@@ -138,7 +138,7 @@ def scan(
         err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     if len(warnings) > 20:
         err.print(f"warning: … and {len(warnings) - 20} more")
-    with_boxes = len(dataset.exists(db.GT_BOXES)) if dataset.has_sample_field(db.GT_BOXES) else 0
+    with_boxes = len(dataset.exists(names.GT_BOXES)) if dataset.has_sample_field(names.GT_BOXES) else 0
     err.print(f"dataset '{dataset.name}': {len(dataset)} samples ({added} new), {with_boxes} with boxes")
     for each in loaded:
         err.print(f"model {each.name} on {each.device}: layer '{each.target_layer}', {each.preprocess.describe()}")
@@ -208,10 +208,8 @@ def rank(
 
 
 def _check_category(category: Optional[str]) -> None:
-    from audit.db import CATEGORIES
-
-    if category is not None and category not in CATEGORIES:
-        raise typer.BadParameter(f"'{category}' is not one of {', '.join(CATEGORIES)}", param_hint="--category")
+    if category is not None and category not in names.CATEGORIES:
+        raise typer.BadParameter(f"'{category}' is not one of {', '.join(names.CATEGORIES)}", param_hint="--category")
 
 
 def _print_table(dataset, top: int, category: Optional[str] = None) -> None:
@@ -271,7 +269,7 @@ def export(
 def eval_loc(
     name: Annotated[str, typer.Argument(help="Dataset name (with ground-truth boxes, gt_boxes).")],
     iou: Annotated[float, typer.Option(min=0.0, max=1.0, help="IoU a box needs with a ground-truth box.")] = 0.5,
-    model: Annotated[str, typer.Option(help="Model to explain with.")] = "efficientnet_lite0",
+    model: Annotated[str, typer.Option(help="Model to explain with.")] = names.DEFAULT_MODEL,
     weights: Annotated[Optional[Path], typer.Option(help="Local state dict for the model.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -356,7 +354,7 @@ def datasets() -> None:
     table = Table("name", "samples", "scanned", "flagged")
     for dataset_name in db.list_datasets():
         dataset = db.fo.load_dataset(dataset_name)
-        scanned = len(dataset.exists(db.CATEGORY)) if dataset.has_sample_field(db.CATEGORY) else 0
+        scanned = len(dataset.exists(names.CATEGORY)) if dataset.has_sample_field(names.CATEGORY) else 0
         flagged = len(db.flagged_view(dataset)) if scanned else 0
         table.add_row(dataset_name, str(len(dataset)), str(scanned), str(flagged))
     out.print(table)

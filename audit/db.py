@@ -7,36 +7,10 @@ import re
 from pathlib import Path
 
 from audit.errors import AuditError
-from audit import settings  # (also sets FiftyOne's environment before it is imported)
+from audit import names, settings  # (also sets FiftyOne's environment before it is imported)
 
 import fiftyone as fo
 from fiftyone import ViewField as F
-
-# Fields the scan writes on each sample.
-PREDICTIONS = "predictions"
-EIGENCAM = "eigencam"
-EIGENCAM_BOX = "eigencam_box"
-EIGENCAM_PC2 = "eigencam_pc2"  # the second principal component (often a second object)
-GRADCAM_PRED = "gradcam_pred"  # Grad-CAM of the predicted class
-GRADCAM_GIVEN = "gradcam_given"  # Grad-CAM of the given label
-SIGNALS = "audit_signals"
-SCORE = "mislabel_score"
-CATEGORY = "category"
-REASONS = "reasons"
-SUGGESTED = "suggested_label"
-ERROR = "audit_error"
-DONE = "audit_done"  # the scan key of the settings the sample was scanned with; written last
-
-GROUND_TRUTH = "ground_truth"
-GT_BOXES = "gt_boxes"
-
-CATEGORIES = ("suspected_mislabel", "classifier_failure", "ambiguous", "bad_box", "ok", "error")
-FLAGGED_TAG = "audit-flagged"
-FLAGGED_VIEW = "audit-flagged"
-# A tag and a saved view of the same name per flagged category.
-CATEGORY_VIEWS = {"suspected_mislabel": "audit-mislabels", "classifier_failure": "audit-failures",
-                  "ambiguous": "audit-ambiguous", "bad_box": "audit-bad-boxes"}
-
 
 class DatasetError(AuditError):
     """A dataset is missing or cannot be used; the message is one line."""
@@ -178,40 +152,40 @@ def declare_audit_fields(dataset: fo.Dataset) -> None:
     """Declare the fields the scan and the scoring write, so that a batch of all-empty values
     (say, only unreadable images) still has a type."""
     embedded = fo.EmbeddedDocumentField
-    fields = {PREDICTIONS: (embedded, {"embedded_doc_type": fo.Classification}),
-              EIGENCAM: (embedded, {"embedded_doc_type": fo.Heatmap}),
-              EIGENCAM_BOX: (embedded, {"embedded_doc_type": fo.Detections}),
-              **{name: (embedded, {"embedded_doc_type": fo.Heatmap}) for name in (EIGENCAM_PC2, GRADCAM_PRED, GRADCAM_GIVEN)},
-              SIGNALS: (fo.DictField, {}), ERROR: (fo.StringField, {}), DONE: (fo.StringField, {}),
-              SCORE: (fo.FloatField, {}), CATEGORY: (fo.StringField, {}), SUGGESTED: (fo.StringField, {}),
-              REASONS: (fo.ListField, {"subfield": fo.StringField})}
+    fields = {names.PREDICTIONS: (embedded, {"embedded_doc_type": fo.Classification}),
+              names.EIGENCAM: (embedded, {"embedded_doc_type": fo.Heatmap}),
+              names.EIGENCAM_BOX: (embedded, {"embedded_doc_type": fo.Detections}),
+              **{name: (embedded, {"embedded_doc_type": fo.Heatmap}) for name in (names.EIGENCAM_PC2, names.GRADCAM_PRED, names.GRADCAM_GIVEN)},
+              names.SIGNALS: (fo.DictField, {}), names.ERROR: (fo.StringField, {}), names.DONE: (fo.StringField, {}),
+              names.SCORE: (fo.FloatField, {}), names.CATEGORY: (fo.StringField, {}), names.SUGGESTED: (fo.StringField, {}),
+              names.REASONS: (fo.ListField, {"subfield": fo.StringField})}
     for name, (kind, options) in fields.items():
         if not dataset.has_sample_field(name):
             dataset.add_sample_field(name, kind, **options)
 
 
 def label_field(dataset: fo.Dataset) -> str:
-    return audit_info(dataset).get("label_field", GROUND_TRUTH)
+    return audit_info(dataset).get("label_field", names.GROUND_TRUTH)
 
 
 def flagged_view(dataset: fo.Dataset, category: str | None = None):
     """Scanned samples not judged ``ok`` (or of one category), highest mislabel_score first."""
-    view = dataset.exists(CATEGORY)
-    view = view.match(F(CATEGORY) == category) if category else view.match(F(CATEGORY) != "ok")
-    return view.sort_by(SCORE, reverse=True)
+    view = dataset.exists(names.CATEGORY)
+    view = view.match(F(names.CATEGORY) == category) if category else view.match(F(names.CATEGORY) != names.OK)
+    return view.sort_by(names.SCORE, reverse=True)
 
 
 def scanned_view(dataset: fo.Dataset):
     """Every scanned sample, highest mislabel_score first."""
-    return dataset.exists(CATEGORY).sort_by(SCORE, reverse=True)
+    return dataset.exists(names.CATEGORY).sort_by(names.SCORE, reverse=True)
 
 
 def sync_flags(dataset: fo.Dataset) -> None:
-    """Tag the flagged samples (``audit-flagged``, and per category, see CATEGORY_VIEWS) and keep
+    """Tag the flagged samples (``audit-flagged``, and per category, see names.CATEGORY_VIEWS) and keep
     the saved views of the same names in step with the latest scoring."""
-    groups = [(FLAGGED_TAG, flagged_view(dataset), "samples the audit flagged")]
+    groups = [(names.FLAGGED_TAG, flagged_view(dataset), "samples the audit flagged")]
     groups += [(name, flagged_view(dataset, category), f"samples judged {category}")
-               for category, name in CATEGORY_VIEWS.items()]
+               for category, name in names.CATEGORY_VIEWS.items()]
     for name, view, description in groups:
         dataset.untag_samples(name)
         view.tag_samples(name)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from audit import db, settings
+from audit import db, names, settings
 from audit.data.classes import resolve_imagenet_label
 from audit.explain import (
     DEFAULT_THRESHOLD,
@@ -352,21 +352,21 @@ def sample_fields(models: list[AuditModel], sample: dict, given_label: str | Non
     signals = sample_signals(models, sample, given_label, given_index)
     results = sample["results"]
     fields = {
-        db.PREDICTIONS: db.fo.Classification(label=signals["pred_label"], confidence=signals["pred_prob"]),
-        db.SIGNALS: signals,
-        db.ERROR: None,
+        names.PREDICTIONS: db.fo.Classification(label=signals["pred_label"], confidence=signals["pred_prob"]),
+        names.SIGNALS: signals,
+        names.ERROR: None,
         **_map_fields(results[0], map_paths[0], ""),
     }
     first = results[0]
-    fields[db.EIGENCAM_PC2] = db.fo.Heatmap(map=first["pc2"], range=[0, 255])
-    for name, field in (("pred", db.GRADCAM_PRED), ("given", db.GRADCAM_GIVEN)):
+    fields[names.EIGENCAM_PC2] = db.fo.Heatmap(map=first["pc2"], range=[0, 255])
+    for name, field in (("pred", names.GRADCAM_PRED), ("given", names.GRADCAM_GIVEN)):
         small = first.get("class_maps", {}).get(name)
         fields[field] = None if small is None else db.fo.Heatmap(map=small, range=[0, 255])
     if len(models) > 1:
         for index, (model, result) in enumerate(zip(models, results)):
             suffix = field_suffix(model)
             top = distribution_signals(result["probabilities"], None, model.classes)
-            fields[f"{db.PREDICTIONS}_{suffix}"] = db.fo.Classification(label=top["top_label"], confidence=top["top_prob"])
+            fields[f"{names.PREDICTIONS}_{suffix}"] = db.fo.Classification(label=top["top_label"], confidence=top["top_prob"])
             if index:
                 fields.update(_map_fields(result, map_paths[index], f"_{suffix}"))
     return fields
@@ -378,11 +378,11 @@ def model_field_names(models: list[AuditModel]) -> list[str]:
     if len(models) < 2:
         return []
     suffixes = [field_suffix(model) for model in models]
-    return [f"{db.PREDICTIONS}_{suffix}" for suffix in suffixes] + \
-        [f"{name}_{suffix}" for suffix in suffixes[1:] for name in (db.EIGENCAM, db.EIGENCAM_BOX)]
+    return [f"{names.PREDICTIONS}_{suffix}" for suffix in suffixes] + \
+        [f"{name}_{suffix}" for suffix in suffixes[1:] for name in (names.EIGENCAM, names.EIGENCAM_BOX)]
 
 
 def _map_fields(result: dict, map_path: Path, suffix: str) -> dict:
     detections = [db.fo.Detection(label="eigencam", bounding_box=box) for box in result["boxes"]]
-    return {db.EIGENCAM + suffix: db.fo.Heatmap(map_path=str(map_path), range=[0, 255]),
-            db.EIGENCAM_BOX + suffix: db.fo.Detections(detections=detections)}
+    return {names.EIGENCAM + suffix: db.fo.Heatmap(map_path=str(map_path), range=[0, 255]),
+            names.EIGENCAM_BOX + suffix: db.fo.Detections(detections=detections)}

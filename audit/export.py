@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from audit.errors import AuditError
+from audit import names
 from audit.outfile import atomic_output, check_output
 from audit.triage import ranked_rows
 
@@ -75,8 +76,8 @@ def export_dataset(dataset, out: Path, fmt: str = "csv", category: str | None = 
     if fmt not in FORMATS:
         raise ExportError(f"unknown format '{fmt}': use one of {', '.join(FORMATS)}")
     rows = export_rows(dataset, category=category, top=top, everything=everything)
-    if prefill_marks and dataset.has_sample_field("relabel_to"):
-        marked = dict(zip(*dataset.values(["id", "relabel_to"])))
+    if prefill_marks and dataset.has_sample_field(names.RELABEL_TO):
+        marked = dict(zip(*dataset.values(["id", names.RELABEL_TO])))
         for row in rows:
             row["new_label"] = marked.get(row["sample_id"]) or ""
     folders = None
@@ -90,11 +91,9 @@ def export_dataset(dataset, out: Path, fmt: str = "csv", category: str | None = 
 
 def candidate_labels(dataset, sample_ids: list[str]) -> dict[str, list[str]]:
     """The model's top labels of each sample (from its stored signals), to offer as choices."""
-    from audit import db
-
     if not sample_ids:
         return {}
-    ids, tops = dataset.select(sample_ids).values(["id", f"{db.SIGNALS}.top_labels"])
+    ids, tops = dataset.select(sample_ids).values(["id", f"{names.SIGNALS}.top_labels"])
     return {sample_id: list(top or []) for sample_id, top in zip(ids, tops)}
 
 

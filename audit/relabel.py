@@ -31,15 +31,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from audit.errors import AuditError
-from audit import db
+from audit import db, names
 from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.triage import rescore
 
-RELABEL_TAG = "relabel"  # marked in the App: the label is wrong (the corrected label in RELABEL_TO)
-OK_TAG = "label_ok"  # marked in the App: the label was checked and is right
-RELABELED_TAG = "relabeled"  # a corrected label was applied
-RELABEL_TO = "relabel_to"
-HISTORY = "relabel_history"
 APP_MARKS = "app-marks"  # the ``source`` of changes applied from the App's marks
 
 
@@ -52,7 +47,7 @@ class RelabelError(AuditError):
 
 
 def original_field(dataset) -> str:
-    return f"{db.label_field(dataset)}_original"
+    return f"{db.label_field(dataset)}{names.ORIGINAL_SUFFIX}"
 
 
 @dataclass
@@ -252,12 +247,12 @@ def _apply(dataset, changes: dict[str, str], source: str, imagenet: bool) -> lis
     original = original_field(dataset)
     view = dataset.select(list(changes))
     ids, filepaths, labels = view.values(["id", "filepath", label])
-    histories = view.values(HISTORY) if dataset.has_sample_field(HISTORY) else [None] * len(ids)
+    histories = view.values(names.HISTORY) if dataset.has_sample_field(names.HISTORY) else [None] * len(ids)
     originals = view.values(original) if dataset.has_sample_field(original) else [None] * len(ids)
     if not dataset.has_sample_field(original):
         dataset.add_sample_field(original, fo.EmbeddedDocumentField, embedded_doc_type=fo.Classification)
-    if not dataset.has_sample_field(HISTORY):
-        dataset.add_sample_field(HISTORY, fo.ListField, subfield=fo.DictField)
+    if not dataset.has_sample_field(names.HISTORY):
+        dataset.add_sample_field(names.HISTORY, fo.ListField, subfield=fo.DictField)
     who, when = _who(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     keep, history, new_labels, changed = {}, {}, {}, []
     for sample_id, filepath, old, past, kept in zip(ids, filepaths, labels, histories, originals):
@@ -271,11 +266,11 @@ def _apply(dataset, changes: dict[str, str], source: str, imagenet: bool) -> lis
         changed.append({"sample_id": sample_id, "filepath": filepath, "from": old_text, "to": changes[sample_id]})
     if keep:
         dataset.set_values(original, keep, key_field="id")
-    dataset.set_values(HISTORY, history, key_field="id")
+    dataset.set_values(names.HISTORY, history, key_field="id")
     dataset.set_values(label, new_labels, key_field="id")
-    view.tag_samples(RELABELED_TAG)
-    if dataset.has_sample_field(db.DONE):
-        dataset.set_values(db.DONE, {sample_id: None for sample_id in changes}, key_field="id")
+    view.tag_samples(names.RELABELED_TAG)
+    if dataset.has_sample_field(names.DONE):
+        dataset.set_values(names.DONE, {sample_id: None for sample_id in changes}, key_field="id")
     return changed
 
 
@@ -339,7 +334,7 @@ def _relabel(dataset, corrections, skipped: int, source: str, allow_new_labels: 
         result.changed = _apply(dataset, planned.changes, source, planned.imagenet)
         if after_apply:
             after_apply(planned)
-        if result.changed and dataset.has_sample_field(db.SIGNALS):  # no stale verdict: judged at once for the new label (see audit.score.for_new_label)
+        if result.changed and dataset.has_sample_field(names.SIGNALS):  # no stale verdict: judged at once for the new label (see audit.score.for_new_label)
             rescore(dataset, [change["sample_id"] for change in result.changed])
     result.applied = True
     return result
@@ -352,34 +347,34 @@ def mark_samples(dataset, sample_ids: list[str], verdict: str, new_label: str | 
                  allow_new_labels: bool = False) -> int:
     """Mark samples as reviewed in the App: ``relabel`` (with the corrected label, when given) or
     ``label_ok``. A corrected label is checked like a file's. Returns how many samples were marked."""
-    if verdict not in (RELABEL_TAG, OK_TAG):
-        raise RelabelError(f"unknown mark '{verdict}': use {RELABEL_TAG} or {OK_TAG}")
+    if verdict not in (names.RELABEL_TAG, names.OK_TAG):
+        raise RelabelError(f"unknown mark '{verdict}': use {names.RELABEL_TAG} or {names.OK_TAG}")
     if not sample_ids:
         return 0
     view = dataset.select(sample_ids)
-    if not dataset.has_sample_field(RELABEL_TO):
-        dataset.add_sample_field(RELABEL_TO, db.fo.StringField)
-    if verdict == OK_TAG:
-        view.untag_samples(RELABEL_TAG)
-        view.tag_samples(OK_TAG)
-        view.set_field(RELABEL_TO, None).save(RELABEL_TO)
+    if not dataset.has_sample_field(names.RELABEL_TO):
+        dataset.add_sample_field(names.RELABEL_TO, db.fo.StringField)
+    if verdict == names.OK_TAG:
+        view.untag_samples(names.RELABEL_TAG)
+        view.tag_samples(names.OK_TAG)
+        view.set_field(names.RELABEL_TO, None).save(names.RELABEL_TO)
         return len(view)
     if new_label:
         resolved, why = LabelChecker(dataset, allow_new_labels).resolve(new_label.strip())
         if why:
             raise RelabelError(why)
-        view.set_field(RELABEL_TO, resolved).save(RELABEL_TO)
-    view.untag_samples(OK_TAG)
-    view.tag_samples(RELABEL_TAG)
+        view.set_field(names.RELABEL_TO, resolved).save(names.RELABEL_TO)
+    view.untag_samples(names.OK_TAG)
+    view.tag_samples(names.RELABEL_TAG)
     return len(view)
 
 
 def marked_corrections(dataset) -> tuple[list[Correction], int]:
     """The App's ``relabel`` marks as corrections, and how many of them have no corrected label yet."""
-    if not dataset.has_sample_field(RELABEL_TO):
-        return [], len(dataset.match_tags(RELABEL_TAG))
-    marked = dataset.match_tags(RELABEL_TAG)
-    ids, targets = marked.values(["id", RELABEL_TO])
+    if not dataset.has_sample_field(names.RELABEL_TO):
+        return [], len(dataset.match_tags(names.RELABEL_TAG))
+    marked = dataset.match_tags(names.RELABEL_TAG)
+    ids, targets = marked.values(["id", names.RELABEL_TO])
     corrections = [Correction(f"marked sample {i}", t, sample_id=i) for i, t in zip(ids, targets) if t]
     return corrections, sum(1 for t in targets if not t)
 
@@ -393,8 +388,8 @@ def relabel_from_marks(dataset, allow_new_labels: bool = False, skip_invalid: bo
     def clear_applied_marks(planned) -> None:
         if planned.matched:
             applied = dataset.select(list(planned.matched))
-            applied.untag_samples(RELABEL_TAG)
-            applied.set_field(RELABEL_TO, None).save(RELABEL_TO)
+            applied.untag_samples(names.RELABEL_TAG)
+            applied.set_field(names.RELABEL_TO, None).save(names.RELABEL_TO)
 
     return _relabel(dataset, corrections, without, APP_MARKS, allow_new_labels, skip_invalid, dry_run,
                     clear_applied_marks)
@@ -405,6 +400,6 @@ def marks_summary(dataset) -> dict[str, int]:
     counts = Counter()
     for tags in dataset.values("tags"):
         for tag in tags:
-            if tag in (RELABEL_TAG, OK_TAG, RELABELED_TAG):
+            if tag in (names.RELABEL_TAG, names.OK_TAG, names.RELABELED_TAG):
                 counts[tag] += 1
-    return {tag: counts.get(tag, 0) for tag in (RELABEL_TAG, OK_TAG, RELABELED_TAG)}
+    return {tag: counts.get(tag, 0) for tag in (names.RELABEL_TAG, names.OK_TAG, names.RELABELED_TAG)}

@@ -16,18 +16,16 @@ import numpy as np
 
 from audit.errors import AuditError
 from audit.outfile import atomic_output, check_output
-from audit import db
+from audit import db, names
 from audit.render import overlay
 
-CATEGORY_COLOURS = {"suspected_mislabel": "#d62728", "classifier_failure": "#ff7f0e", "ambiguous": "#9467bd",
-                    "bad_box": "#8c564b", "ok": "#2ca02c", "error": "#7f7f7f"}
 CATEGORY_MEANING = {
-    "suspected_mislabel": "the model is confident in another class and sees no evidence for the label",
-    "classifier_failure": "the model is wrong and unsure: the label is probably right",
-    "ambiguous": "several objects or classes compete, or the label is not one of the model's classes",
-    "bad_box": "the ground-truth boxes are off the object",
-    "ok": "the model agrees with the label",
-    "error": "the image could not be read",
+    names.SUSPECTED_MISLABEL: "the model is confident in another class and sees no evidence for the label",
+    names.CLASSIFIER_FAILURE: "the model is wrong and unsure: the label is probably right",
+    names.AMBIGUOUS: "several objects or classes compete, or the label is not one of the model's classes",
+    names.BAD_BOX: "the ground-truth boxes are off the object",
+    names.OK: "the model agrees with the label",
+    names.ERROR_CATEGORY: "the image could not be read",
 }
 BINS = 20
 
@@ -41,14 +39,14 @@ def summary_figures(collection) -> dict:
     review marks of a dataset or view, as plain data (the App panel and the report draw it)."""
     from audit.relabel import marks_summary
 
-    if not collection._root_dataset.has_sample_field(db.CATEGORY):
+    if not collection._root_dataset.has_sample_field(names.CATEGORY):
         return {"scanned": 0, "flagged": 0, "total": len(collection), "categories": [], "marks": {},
                 "histogram": {"edges": [], "centres": [], "counts": [], "width": 1 / BINS, "by_category": {}}}
-    categories, scores = collection.values([db.CATEGORY, db.SCORE])
+    categories, scores = collection.values([names.CATEGORY, names.SCORE])
     counts = Counter(c for c in categories if c)
     edges = np.linspace(0.0, 1.0, BINS + 1)
     by_category = {}
-    for category in db.CATEGORIES:
+    for category in names.CATEGORIES:
         values = [s for c, s in zip(categories, scores) if c == category and s is not None]
         if values:
             by_category[category] = np.histogram(np.clip(values, 0, 1), bins=edges)[0].tolist()
@@ -56,9 +54,9 @@ def summary_figures(collection) -> dict:
     return {
         "total": len(collection),
         "scanned": sum(counts.values()),
-        "flagged": sum(n for c, n in counts.items() if c != "ok"),
-        "categories": [{"category": c, "count": counts[c], "colour": CATEGORY_COLOURS[c]}
-                       for c in db.CATEGORIES if counts.get(c)],
+        "flagged": sum(n for c, n in counts.items() if c != names.OK),
+        "categories": [{"category": c, "count": counts[c], "colour": names.CATEGORY_COLOURS[c]}
+                       for c in names.CATEGORIES if counts.get(c)],
         "histogram": {"edges": edges.tolist(), "centres": ((edges[:-1] + edges[1:]) / 2).round(3).tolist(),
                       "counts": total, "width": 1 / BINS, "by_category": by_category},
         "marks": marks_summary(collection),
@@ -96,7 +94,7 @@ def _histogram_svg(figures: dict, width: int = 440, height: int = 220) -> str:
             y = top + plot_h - (base + count) / peak * plot_h
             h = count / peak * plot_h
             parts.append(f'<rect x="{x + 1:.1f}" y="{y:.1f}" width="{bar_w - 2:.1f}" height="{h:.1f}" '
-                         f'fill="{CATEGORY_COLOURS[category]}"><title>{category}: {count} with score '
+                         f'fill="{names.CATEGORY_COLOURS[category]}"><title>{category}: {count} with score '
                          f'{histogram["edges"][index]:.2f}-{histogram["edges"][index + 1]:.2f}</title></rect>')
             base += count
     for tick in (0, 0.25, 0.5, 0.75, 1.0):
@@ -122,13 +120,13 @@ def _category_bars(figures: dict) -> str:
 
 def _card(rank: int, sample, label_field: str, max_side: int) -> str:
     given = sample[label_field].label if sample[label_field] is not None else None
-    prediction = sample[db.PREDICTIONS]
-    heatmap = sample[db.EIGENCAM]
+    prediction = sample[names.PREDICTIONS]
+    heatmap = sample[names.EIGENCAM]
     boxes = {}
-    if sample[db.EIGENCAM_BOX] is not None:
-        boxes["eigencam"] = [d.bounding_box for d in sample[db.EIGENCAM_BOX].detections]
-    if sample.has_field(db.GT_BOXES) and sample[db.GT_BOXES] is not None:
-        boxes["ground_truth"] = [d.bounding_box for d in sample[db.GT_BOXES].detections]
+    if sample[names.EIGENCAM_BOX] is not None:
+        boxes["eigencam"] = [d.bounding_box for d in sample[names.EIGENCAM_BOX].detections]
+    if sample.has_field(names.GT_BOXES) and sample[names.GT_BOXES] is not None:
+        boxes["ground_truth"] = [d.bounding_box for d in sample[names.GT_BOXES].detections]
     try:
         plain = _jpeg_data_uri(overlay(sample.filepath, None, {}, max_side=max_side))
         explained = _jpeg_data_uri(overlay(sample.filepath, heatmap.map_path if heatmap else None, boxes,
@@ -137,24 +135,24 @@ def _card(rank: int, sample, label_field: str, max_side: int) -> str:
                     f'<figure><img src="{explained}" alt="Eigen-CAM"><figcaption>Eigen-CAM (red = strongest)'
                     f'{", white box" if boxes.get("eigencam") else ""}'
                     f'{", green: ground-truth boxes" if boxes.get("ground_truth") else ""}</figcaption></figure>')
-        given_map = sample[db.GRADCAM_GIVEN] if sample.has_field(db.GRADCAM_GIVEN) else None
+        given_map = sample[names.GRADCAM_GIVEN] if sample.has_field(names.GRADCAM_GIVEN) else None
         if given_map is not None and prediction is not None and prediction.label != given:
             evidence = _jpeg_data_uri(overlay(sample.filepath, given_map.map, {}, max_side=max_side))
-            given_prob = (sample[db.SIGNALS] or {}).get("given_prob")
+            given_prob = (sample[names.SIGNALS] or {}).get("given_prob")
             strength = "" if given_prob is None else f", p = {given_prob:.3f}"
             pictures += (f'<figure><img src="{evidence}" alt="Grad-CAM of the given label"><figcaption>where '
                          f'the model sees most of \'{html.escape(given)}\' (Grad-CAM{strength})</figcaption></figure>')
     except Exception as error:  # an unreadable image still gets its row
         pictures = f'<div class="missing">image not readable: {html.escape(str(error)[:120])}</div>'
-    category = sample[db.CATEGORY]
-    given_class = "wrong" if category == "suspected_mislabel" else ""
-    score = sample[db.SCORE]
-    suggested = sample[db.SUGGESTED]
-    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in (sample[db.REASONS] or []))
+    category = sample[names.CATEGORY]
+    given_class = "wrong" if category == names.SUSPECTED_MISLABEL else ""
+    score = sample[names.SCORE]
+    suggested = sample[names.SUGGESTED]
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in (sample[names.REASONS] or []))
     predicted = (f"{html.escape(prediction.label)} ({prediction.confidence:.2f})" if prediction is not None else "–")
     return (f'<section class="card"><div class="pics">{pictures}</div><div class="facts">'
             f'<div class="title"><span class="rank">#{rank}</span> {html.escape(Path(sample.filepath).name)}'
-            f' <span class="badge" style="background:{CATEGORY_COLOURS.get(category, "#777")}">{category}</span></div>'
+            f' <span class="badge" style="background:{names.CATEGORY_COLOURS.get(category, "#777")}">{category}</span></div>'
             f'<table class="kv"><tr><th>given label</th><td class="{given_class}">{html.escape(given or "(none)")}</td></tr>'
             f'<tr><th>suggested</th><td class="suggested">{html.escape(suggested or "–")}</td></tr>'
             f'<tr><th>predicted</th><td>{predicted}</td></tr>'
@@ -193,7 +191,7 @@ def build_report(collection, top: int = 25, max_side: int = 210, title: str | No
     dataset = collection._root_dataset
     label_field = db.label_field(dataset)
     figures = summary_figures(collection)
-    flagged = db.flagged_view(collection).limit(top) if dataset.has_sample_field(db.CATEGORY) else None
+    flagged = db.flagged_view(collection).limit(top) if dataset.has_sample_field(names.CATEGORY) else None
     cards = [_card(rank, sample, label_field, max_side) for rank, sample in enumerate(flagged or [], start=1)]
     info = db.audit_info(dataset)
     name = html.escape(title or f"audit report: {dataset.name}")
@@ -209,7 +207,7 @@ def build_report(collection, top: int = 25, max_side: int = 210, title: str | No
         '<div class="summary"><div class="panel"><div class="figures">',
         f'<div class="figure"><b>{figures["scanned"]}</b>scanned</div>',
         f'<div class="figure"><b>{figures["flagged"]}</b>flagged</div>',
-        f'<div class="figure"><b>{sum(c["count"] for c in figures["categories"] if c["category"] == "suspected_mislabel")}'
+        f'<div class="figure"><b>{sum(c["count"] for c in figures["categories"] if c["category"] == names.SUSPECTED_MISLABEL)}'
         '</b>suspected mislabels</div></div>',
         _category_bars(figures), f'<div class="meta" style="margin:10px 0 0">review marks: {marks_text}</div></div>',
         f'<div class="panel">{_histogram_svg(figures)}</div></div>',

@@ -33,7 +33,7 @@ from bson import ObjectId
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 import audit
-from audit import db, settings
+from audit import db, names, settings
 from audit.evidence import (EvidenceOptions, batch_evidence, field_suffix, model_class_index, model_field_names,
                             sample_fields)
 from audit.explain.boxes import DEFAULT_THRESHOLD
@@ -233,9 +233,9 @@ def in_shard(sample_id: str, shard: tuple[int, int]) -> bool:
 def count_shard(collection, key: str, shard: tuple[int, int]) -> tuple[int, int]:
     """(samples in this shard, of which already scanned under ``key``), without holding the ids."""
     if shard[1] == 1:
-        return collection.count(), collection.match(db.F(db.DONE) == key).count()
+        return collection.count(), collection.match(db.F(names.DONE) == key).count()
     total = done = 0
-    for page in _pages(collection, [db.DONE], page_size=10 * PAGE_SIZE):
+    for page in _pages(collection, [names.DONE], page_size=10 * PAGE_SIZE):
         mine = [row for row in page if in_shard(row[0], shard)]
         total += len(mine)
         done += sum(row[1] == key for row in mine)
@@ -253,21 +253,21 @@ class PendingSamples:
         self.collection, self.key, self.options = collection, key, options
         root = collection._root_dataset
         self.label = f"{db.label_field(root)}.label"
-        self.box_field = f"{db.GT_BOXES}.detections.bounding_box" if boxes and root.has_sample_field(db.GT_BOXES) else None
+        self.box_field = f"{names.GT_BOXES}.detections.bounding_box" if boxes and root.has_sample_field(names.GT_BOXES) else None
         self.given: dict[str, str | None] = {}
         self.boxes: dict[str, list | None] = {}
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
-        match = None if self.options.restart else (db.F(db.DONE) != self.key)
+        match = None if self.options.restart else (db.F(names.DONE) != self.key)
         left = self.options.limit
-        fields = ["filepath", self.label, db.DONE] + ([self.box_field] if self.box_field else [])
+        fields = ["filepath", self.label, names.DONE] + ([self.box_field] if self.box_field else [])
         for page in _pages(self.collection, fields, match):
             rows = [row for row in page if in_shard(row[0], self.options.shard)]
             if left is not None:
                 rows, left = rows[:left], left - min(left, len(rows))
             marked = {row[0]: None for row in rows if row[3] is not None}
             if marked:
-                self.collection.set_values(db.DONE, marked, key_field="id")
+                self.collection.set_values(names.DONE, marked, key_field="id")
             for sample_id, filepath, given, _done, *boxes in rows:
                 self.given[sample_id] = given
                 if self.box_field:
@@ -360,9 +360,9 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
 
 def error_fields(message: str, models: list[AuditModel]) -> dict:
     """The fields of a sample whose image could not be read: the error, and no stale results."""
-    fields = dict.fromkeys((db.PREDICTIONS, db.EIGENCAM, db.EIGENCAM_BOX, db.EIGENCAM_PC2,
-                            db.GRADCAM_PRED, db.GRADCAM_GIVEN, *model_field_names(models)))
-    return {**fields, db.ERROR: message, db.SIGNALS: {"error": message}}
+    fields = dict.fromkeys((names.PREDICTIONS, names.EIGENCAM, names.EIGENCAM_BOX, names.EIGENCAM_PC2,
+                            names.GRADCAM_PRED, names.GRADCAM_GIVEN, *model_field_names(models)))
+    return {**fields, names.ERROR: message, names.SIGNALS: {"error": message}}
 
 
 def write_map(path: Path, heatmap) -> bool:
@@ -423,11 +423,11 @@ class BulkWriter:
             if not pending.result():
                 raise OSError("could not write a heatmap file")
         started = time.perf_counter()
-        names = sorted({name for fields in self.rows.values() for name in fields})
-        for name in names:
+        field_names = sorted({name for fields in self.rows.values() for name in fields})
+        for name in field_names:
             values = {sid: fields.get(name) for sid, fields in self.rows.items()}
             self.dataset.set_values(name, values, key_field="id")
-        self.dataset.set_values(db.DONE, {sid: self.key for sid in self.rows}, key_field="id")
+        self.dataset.set_values(names.DONE, {sid: self.key for sid in self.rows}, key_field="id")
         self.write_seconds += time.perf_counter() - started
         self.written += len(self.rows)
         self.rows, self.pending = {}, []

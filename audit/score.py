@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audit.names import AMBIGUOUS, BAD_BOX, CLASSIFIER_FAILURE, ERROR_CATEGORY, OK, SUSPECTED_MISLABEL
+
 # A class probability at or above which the model is called confident.
 CONFIDENT = 0.5
 # The given label's probability below which the model sees no evidence for it.
@@ -85,7 +87,7 @@ def judge(signals: dict, use_views: bool = True) -> Verdict:
     """The verdict for one sample's signals (as written by the scan). ``use_views=False`` ignores
     the second opinions (for the ablation: probability of the whole image only)."""
     if signals.get("error"):
-        return Verdict("error", None, [f"could not be read: {signals['error']}"], None)
+        return Verdict(ERROR_CATEGORY, None, [f"could not be read: {signals['error']}"], None)
     if "relabelled_from" in signals:
         verdict = judge({k: v for k, v in signals.items() if k != "relabelled_from"}, use_views=False)
         note = (f"relabelled from '{signals['relabelled_from']}' after the scan: judged on the whole image "
@@ -95,7 +97,7 @@ def judge(signals: dict, use_views: bool = True) -> Verdict:
     predicted_text = f"predicted '{predicted}' at {p_pred:.2f}"
     if signals.get("given_index") is None:
         why = "no label" if given is None else f"label '{given}' is not one of the model's classes"
-        return Verdict("ambiguous", None, [f"{why}: its probability is unknown", predicted_text], predicted)
+        return Verdict(AMBIGUOUS, None, [f"{why}: its probability is unknown", predicted_text], predicted)
 
     views = signals.get("views", {}) if use_views else {}
     whole = {"top_label": predicted, "top_prob": p_pred, "given_prob": signals["given_prob"],
@@ -120,15 +122,15 @@ def judge(signals: dict, use_views: bool = True) -> Verdict:
 
     if given in (predicted, consensus["top_label"]):
         if annotated and annotated["given_prob"] < NO_EVIDENCE and whole["given_prob"] >= CONFIDENT:
-            return Verdict("bad_box", score, [f"'{given}' at {whole['given_prob']:.2f} on the whole image but "
+            return Verdict(BAD_BOX, score, [f"'{given}' at {whole['given_prob']:.2f} on the whole image but "
                                               f"{annotated['given_prob']:.3f} inside the ground-truth box"], None)
         lead = consensus["given_prob"] - consensus["max_other_prob"]
         if lead < AMBIGUOUS_MARGIN:
             close = (f"'{given}' leads other classes by only {lead:.2f}" if lead >= 0 else
                      f"'{given}' and '{consensus['top_label']}' are close ({consensus['given_prob']:.2f} and "
                      f"{consensus['top_prob']:.2f} over the views)")
-            return Verdict("ambiguous", score, [close], None)
-        return Verdict("ok", score, [], None)
+            return Verdict(AMBIGUOUS, score, [close], None)
+        return Verdict(OK, score, [], None)
 
     suggestion = consensus["top_label"]
     judged = dominant or consensus  # without a crop of the dominant object, the whole image stands for it
@@ -138,18 +140,18 @@ def judge(signals: dict, use_views: bool = True) -> Verdict:
         where = crop_name if dominant else "the whole image"
         reasons.append(f"no evidence for '{given}' in any view" if evidence < NO_EVIDENCE
                        else f"little evidence for '{given}' on {where} ({judged['given_prob']:.2f})")
-        return Verdict("suspected_mislabel", score, reasons, judged["top_label"] if dominant_is_another else suggestion)
+        return Verdict(SUSPECTED_MISLABEL, score, reasons, judged["top_label"] if dominant_is_another else suggestion)
     places = ((crop_name, dominant), ("the annotated object", annotated),
               ("where its evidence is strongest", labelled))
     on_object = {place: view["given_prob"] for place, view in places if view}
     if on_object and max(on_object.values()) >= SOME_EVIDENCE:
         place = max(on_object, key=on_object.get)
         reasons.append(f"'{given}' is seen on {place} (at {on_object[place]:.2f} there): the model looks elsewhere")
-        return Verdict("classifier_failure", score, reasons, None)
+        return Verdict(CLASSIFIER_FAILURE, score, reasons, None)
     second_share = (signals.get("cam_variance_ratio") or [0, 0])[1]
     if second_share >= SECOND_OBJECT_SHARE or consensus["top_prob"] >= CONFIDENT:
         if second_share >= SECOND_OBJECT_SHARE:
             reasons.append(f"a second object is likely (the second component explains {second_share:.0%})")
-        return Verdict("ambiguous", score, reasons, suggestion)
+        return Verdict(AMBIGUOUS, score, reasons, suggestion)
     reasons.append("the model is unsure")
-    return Verdict("classifier_failure", score, reasons, None)
+    return Verdict(CLASSIFIER_FAILURE, score, reasons, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from audit import db
+from audit import db, names
 from audit.data.classes import resolve_imagenet_label
 from audit.score import THRESHOLDS, for_new_label, judge
 
@@ -24,16 +24,16 @@ def rescore(dataset, sample_ids: list[str] | None = None) -> ScoringSummary:
     """Judge every scanned sample (or those of ``sample_ids``) from its stored signals, write
     category, mislabel_score, reasons and suggested_label in bulk, and re-sync tags and saved views.
     A sample relabelled since its scan is judged for its new label (`audit.score.for_new_label`)."""
-    view = dataset.exists(db.SIGNALS)
+    view = dataset.exists(names.SIGNALS)
     if sample_ids is not None:
         view = view.select(sample_ids)
-    ids, signals, labels = view.values(["id", db.SIGNALS, f"{db.label_field(dataset)}.label"])
+    ids, signals, labels = view.values(["id", names.SIGNALS, f"{db.label_field(dataset)}.label"])
     signals = [_for_current_label(s, label) for s, label in zip(signals, labels)]
     verdicts = [judge(s) for s in signals]
-    for field, values in ((db.CATEGORY, [v.category for v in verdicts]),
-                          (db.SCORE, [v.mislabel_score for v in verdicts]),
-                          (db.REASONS, [v.reasons for v in verdicts]),
-                          (db.SUGGESTED, [v.suggested_label for v in verdicts])):
+    for field, values in ((names.CATEGORY, [v.category for v in verdicts]),
+                          (names.SCORE, [v.mislabel_score for v in verdicts]),
+                          (names.REASONS, [v.reasons for v in verdicts]),
+                          (names.SUGGESTED, [v.suggested_label for v in verdicts])):
         view.set_values(field, dict(zip(ids, values)), key_field="id")
     db.sync_flags(dataset._root_dataset)
     db.save_audit_info(dataset._root_dataset, thresholds=THRESHOLDS)
@@ -53,7 +53,7 @@ def _for_current_label(signals: dict, label: str | None) -> dict:
 
 
 ROW_FIELDS = ("id", "filepath", "given_label", "predicted_label", "predicted_confidence", "suggested_label",
-              db.CATEGORY, db.SCORE, db.REASONS)
+              names.CATEGORY, names.SCORE, names.REASONS)
 
 
 def ranked_rows(dataset, category: str | None = None, top: int | None = None, everything: bool = False) -> list[dict]:
@@ -62,12 +62,12 @@ def ranked_rows(dataset, category: str | None = None, top: int | None = None, ev
     if everything:
         view = db.scanned_view(dataset)
         if category:
-            view = view.match(db.F(db.CATEGORY) == category)
+            view = view.match(db.F(names.CATEGORY) == category)
     else:
         view = db.flagged_view(dataset, category)
     if top:
         view = view.limit(top)
     label = db.label_field(dataset)
-    columns = view.values(["id", "filepath", f"{label}.label", f"{db.PREDICTIONS}.label",
-                           f"{db.PREDICTIONS}.confidence", db.SUGGESTED, db.CATEGORY, db.SCORE, db.REASONS])
+    columns = view.values(["id", "filepath", f"{label}.label", f"{names.PREDICTIONS}.label",
+                           f"{names.PREDICTIONS}.confidence", names.SUGGESTED, names.CATEGORY, names.SCORE, names.REASONS])
     return [dict(zip(ROW_FIELDS, values)) for values in zip(*columns)]

@@ -32,7 +32,8 @@ from audit.data.classes import resolve_imagenet_label  # noqa: E402
 from audit.evaluate.labels import BASELINES, ranking_figures  # noqa: E402
 from audit.evidence import EvidenceOptions, batch_evidence, sample_signals  # noqa: E402
 from audit.images import open_rgb  # noqa: E402
-from audit.models.registry import DEFAULT_MODEL, PRESETS, load_model  # noqa: E402
+from audit.models.registry import PRESETS, load_model  # noqa: E402
+from audit.names import DEFAULT_MODEL  # noqa: E402
 from audit.score import judge  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from audit import db
+from audit import db, names
 from audit.cli import app
 from audit.evidence import field_suffix
 from audit.explain import box_iou
@@ -135,13 +135,13 @@ def test_two_models_with_different_input_sizes_find_the_object_in_the_same_place
     sample = dataset.first()
     suffix = field_suffix(lite2)
     boxes = [pixel_box(sample[field].detections[0], width, height)
-             for field in (db.EIGENCAM_BOX, f"{db.EIGENCAM_BOX}_{suffix}")]
+             for field in (names.EIGENCAM_BOX, f"{names.EIGENCAM_BOX}_{suffix}")]
     for box in boxes:
         assert contains(box, cup_centre), box
         assert box_iou(box, [cup])[0] >= 0.5, box
-    assert sample[db.SIGNALS]["box_iou"] == pytest.approx(box_iou(boxes[0], [boxes[1]])[0], abs=1e-6)
-    assert sample[db.SIGNALS]["box_iou"] >= 0.6
-    for field in (db.EIGENCAM, f"{db.EIGENCAM}_{suffix}"):
+    assert sample[names.SIGNALS]["box_iou"] == pytest.approx(box_iou(boxes[0], [boxes[1]])[0], abs=1e-6)
+    assert sample[names.SIGNALS]["box_iou"] >= 0.6
+    for field in (names.EIGENCAM, f"{names.EIGENCAM}_{suffix}"):
         heatmap = cv2.imread(sample[field].map_path, cv2.IMREAD_GRAYSCALE)
         assert heatmap.max() == 255
         assert abs(heatmap.shape[1] / heatmap.shape[0] - width / height) < 0.05
@@ -163,21 +163,21 @@ def test_an_ensemble_scan_stores_each_model_and_averages_them(models, tmp_path, 
     assert [model["model"] for model in dataset.info["audit"]["scan"]["models"]] == [model.name for model in pair]
     differing = 0
     for sample in dataset:
-        signals = sample[db.SIGNALS]
+        signals = sample[names.SIGNALS]
         assert set(signals["models"]) == set(suffixes)
         for suffix in suffixes:
-            assert sample[f"{db.PREDICTIONS}_{suffix}"].label == signals["models"][suffix]["top_label"]
+            assert sample[f"{names.PREDICTIONS}_{suffix}"].label == signals["models"][suffix]["top_label"]
         own = [signals["models"][suffix]["given_prob"] for suffix in suffixes]
         assert signals["given_prob"] == pytest.approx(sum(own) / 2, abs=1e-5)
         differing += abs(own[0] - own[1]) > 1e-3
         agreeing = [signals["models"][suffix]["top_label"] == signals["pred_label"] for suffix in suffixes]
         assert signals["models_agree"] in (0.0, 0.5, 1.0)
         assert signals["models_agree"] == sum(agreeing) / 2
-        assert sample[db.PREDICTIONS].label == signals["pred_label"]
-        second_map = Path(sample[f"{db.EIGENCAM}_{suffixes[1]}"].map_path)
-        assert second_map.is_file() and second_map != Path(sample[db.EIGENCAM].map_path)
+        assert sample[names.PREDICTIONS].label == signals["pred_label"]
+        second_map = Path(sample[f"{names.EIGENCAM}_{suffixes[1]}"].map_path)
+        assert second_map.is_file() and second_map != Path(sample[names.EIGENCAM].map_path)
         assert cv2.imread(str(second_map), cv2.IMREAD_GRAYSCALE).max() == 255
-        assert len(sample[f"{db.EIGENCAM_BOX}_{suffixes[1]}"].detections) == 1
+        assert len(sample[f"{names.EIGENCAM_BOX}_{suffixes[1]}"].detections) == 1
     assert differing > 0  # the two models do differ: the mean is not one model's value
 
 
@@ -197,7 +197,7 @@ def test_the_cli_scans_an_ensemble_and_refuses_wrong_combinations(tmp_path):
     for field in ("predictions_efficientnet_lite0", "predictions_efficientnet_lite1",
                   "eigencam_efficientnet_lite1", "eigencam_box_efficientnet_lite1"):
         assert sample[field] is None, field  # no results left of models this scan did not run
-    assert "models" not in sample[db.SIGNALS] and sample["predictions_mine"].label == "mine"
+    assert "models" not in sample[names.SIGNALS] and sample["predictions_mine"].label == "mine"
     unknown = runner.invoke(app, ["scan", "csv", "--root", str(table), "--models", "nonsense"])
     assert unknown.exit_code == 2 and "--models" in unknown.output
     weights = runner.invoke(app, ["scan", "csv", "--root", str(table), "--model", "efficientnet_lite0",

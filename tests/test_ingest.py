@@ -12,7 +12,7 @@ from imagenet_fixtures import SAMPLES, build_archives, build_extracted, build_fo
 from PIL import Image
 from typer.testing import CliRunner
 
-from audit import db
+from audit import db, names
 from audit.cli import app
 from audit.data import open_source
 from audit.data.classes import imagenet_names, imagenet_wnids
@@ -44,13 +44,13 @@ def reference_sample(record: Record):
     """The sample the public API makes of a record (the former per-sample ingest)."""
     size = image_size(record)
     sample = fo.Sample(filepath=record.filepath)
-    sample[db.GROUND_TRUTH] = ground_truth_label(record.label)
+    sample[names.GROUND_TRUTH] = ground_truth_label(record.label)
     if size:
         sample.metadata = fo.ImageMetadata(width=size[0], height=size[1])
     if record.boxes and size:
-        names = {box.label: ground_truth_label(box.label) for box in record.boxes}
-        sample[db.GT_BOXES] = fo.Detections(detections=[
-            fo.Detection(label=names[box.label].label, bounding_box=[
+        labels = {box.label: ground_truth_label(box.label) for box in record.boxes}
+        sample[names.GT_BOXES] = fo.Detections(detections=[
+            fo.Detection(label=labels[box.label].label, bounding_box=[
                 box.x1 / size[0], box.y1 / size[1], (box.x2 - box.x1) / size[0], (box.y2 - box.y1) / size[1]])
             for box in record.boxes])
     return sample
@@ -120,7 +120,7 @@ def test_ingest_skips_what_it_holds_and_what_is_no_image(tmp_path, photos):
 def test_a_dataset_of_other_fields_is_refused(photos):
     folder, _ = photos
     dataset = fo.Dataset("taken", persistent=True)
-    dataset.add_sample_field(db.GROUND_TRUTH, fo.StringField)
+    dataset.add_sample_field(names.GROUND_TRUTH, fo.StringField)
     with pytest.raises(SourceError, match="'ground_truth' that is no Classification"):
         ingest("taken", [Record(str(folder / f"{SAMPLES[0].stem}.JPEG"), "tabby")])
 

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pytest
 from typer.testing import CliRunner
 
-from audit import db
+from audit import db, names
 from audit.cli import app
 from audit.relabel import RelabelError, mark_samples, relabel_from_file
 
@@ -245,7 +245,7 @@ def test_plugin_operators_mark_export_and_run_the_audit(dataset, tmp_path, monke
     assert [(Path(r["filepath"]).name, r["new_label"]) for r in rows] == [("motorcycle.jpg", "motor scooter")]
 
     before = label_of(dataset, "motorcycle.jpg").audit_done
-    dataset.set_values(db.SCORE, {motorcycle.id: None}, key_field="id")
+    dataset.set_values(names.SCORE, {motorcycle.id: None}, key_field="id")
     result = foo.execute_operator("@audit/audit/run_audit", view=dataset.select([motorcycle.id]),
                                   params={"model": "efficientnet_lite0", "redo": True})
     result.raise_exceptions()

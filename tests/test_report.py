@@ -6,7 +6,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from audit import db
+from audit import db, names
 from audit.cli import app
 from audit.report import build_report, summary_figures
 
@@ -58,9 +58,9 @@ def test_summary_figures_count_every_category_and_score(dataset):
     figures = summary_figures(dataset)
     assert figures["scanned"] == len(dataset) == sum(c["count"] for c in figures["categories"])
     assert figures["flagged"] == len(db.flagged_view(dataset))
-    assert sum(figures["histogram"]["counts"]) == len(dataset.exists(db.SCORE))
+    assert sum(figures["histogram"]["counts"]) == len(dataset.exists(names.SCORE))
     assert len(figures["histogram"]["edges"]) == 21
-    view = summary_figures(dataset.match(db.F(db.CATEGORY) == "suspected_mislabel"))
+    view = summary_figures(dataset.match(db.F(names.CATEGORY) == "suspected_mislabel"))
     assert [c["category"] for c in view["categories"]] == ["suspected_mislabel"]
 
 

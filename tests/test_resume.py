@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from audit import db
+from audit import db, names
 from audit.lock import LockError, ScanLock, _collection, held_locks
 
 from conftest import SAMPLE_DATA
@@ -68,27 +68,27 @@ def done_count(name: str) -> int:
     if name not in db.fo.list_datasets():
         return 0
     dataset = db.fo.load_dataset(name)
-    return len(dataset.exists(db.DONE)) if dataset.has_sample_field(db.DONE) else 0
+    return len(dataset.exists(names.DONE)) if dataset.has_sample_field(names.DONE) else 0
 
 
 def half_written(name: str) -> int:
     """Samples with predictions written but no done marker: a flush in progress."""
     dataset = db.fo.load_dataset(name)
-    return dataset._sample_collection.count_documents({db.PREDICTIONS: {"$ne": None}, db.DONE: None})
+    return dataset._sample_collection.count_documents({names.PREDICTIONS: {"$ne": None}, names.DONE: None})
 
 
 def check_nothing_half_done(name: str) -> int:
     """Every sample marked done has all its fields and a readable map file; returns how many."""
     dataset = db.fo.load_dataset(name)
     dataset.reload()
-    done = dataset.exists(db.DONE)
+    done = dataset.exists(names.DONE)
     for sample in done:
-        assert sample[db.ERROR] is None
-        assert sample[db.PREDICTIONS] is not None and sample[db.PREDICTIONS].label
-        assert sample[db.EIGENCAM_BOX] is not None and sample[db.SIGNALS] and "pred_index" in sample[db.SIGNALS]
-        heat = cv2.imread(sample[db.EIGENCAM].map_path, cv2.IMREAD_GRAYSCALE)
+        assert sample[names.ERROR] is None
+        assert sample[names.PREDICTIONS] is not None and sample[names.PREDICTIONS].label
+        assert sample[names.EIGENCAM_BOX] is not None and sample[names.SIGNALS] and "pred_index" in sample[names.SIGNALS]
+        heat = cv2.imread(sample[names.EIGENCAM].map_path, cv2.IMREAD_GRAYSCALE)
         assert heat is not None and heat.max() == 255, sample.filepath
-    assert len(set(done.values(db.DONE))) <= 1  # one set of settings
+    assert len(set(done.values(names.DONE))) <= 1  # one set of settings
     return len(done)
 
 
@@ -152,8 +152,8 @@ def test_killed_frozen_and_interrupted_scans_resume_to_one_complete_pass(images_
     dataset.reload()
     assert len(dataset) == N_IMAGES and len(set(dataset.values("filepath"))) == N_IMAGES
     assert check_nothing_half_done(name) == N_IMAGES
-    assert len(dataset.exists(db.CATEGORY)) == N_IMAGES
-    maps = list(Path(dataset.first()[db.EIGENCAM].map_path).parent.iterdir())
+    assert len(dataset.exists(names.CATEGORY)) == N_IMAGES
+    maps = list(Path(dataset.first()[names.EIGENCAM].map_path).parent.iterdir())
     assert len([p for p in maps if p.suffix == ".png"]) == N_IMAGES
     assert not held_locks(name)
 
@@ -255,11 +255,11 @@ def test_shards_partition_the_samples_and_pages_stream_them(embedded_model, monk
         counts.append(summary.scanned)
         assert summary.write_seconds > 0 or summary.scanned == 0
     assert sum(counts) == len(photos) and max(counts) < len(photos)
-    assert len(dataset.exists(db.DONE)) == len(photos)
+    assert len(dataset.exists(names.DONE)) == len(photos)
     again = scan_module.scan(dataset, embedded_model, scan_module.ScanOptions(workers=0, batch_size=4))
     assert (again.scanned, again.skipped) == (0, len(photos))
     limited = scan_module.scan(dataset, embedded_model, scan_module.ScanOptions(workers=0, restart=True, limit=3))
     assert limited.scanned == 3
-    assert len(dataset.exists(db.DONE)) == len(photos)  # the restarted ones are done again, the others untouched
+    assert len(dataset.exists(names.DONE)) == len(photos)  # the restarted ones are done again, the others untouched
     view = dataset.select(dataset.values("id")[-2:])  # a view, as the App's plugin passes
     assert scan_module.scan(view, embedded_model, scan_module.ScanOptions(workers=0, restart=True)).scanned == 2

@@ -11,7 +11,7 @@ import cv2
 import pytest
 from typer.testing import CliRunner
 
-from audit import db
+from audit import db, names
 from audit.cli import app
 
 from conftest import SAMPLE_DATA
@@ -49,7 +49,7 @@ def test_every_sample_gets_prediction_map_box_and_verdict(scanned):
         assert heat is not None and heat.max() == 255
         assert abs(heat.shape[1] / heat.shape[0] - sample.metadata.width / sample.metadata.height) < 0.05
         assert len(sample.eigencam_box.detections) == 1
-        assert sample.category in db.CATEGORIES and 0 <= sample.mislabel_score <= 1
+        assert sample.category in names.CATEGORIES and 0 <= sample.mislabel_score <= 1
         assert sample.audit_done
 
 
@@ -64,8 +64,8 @@ def test_the_deliberately_mislabelled_photos_top_the_ranking(scanned):
         assert sample.suggested_label == wrong[Path(sample.filepath).name]
         assert any("no evidence" in reason for reason in sample.reasons)
     assert "audit-flagged" in dataset.list_saved_views() and len(dataset.match_tags("audit-flagged")) > 0
-    for category, name in db.CATEGORY_VIEWS.items():  # a tag and a saved view per category, in step
-        expected = set(dataset.match(db.F(db.CATEGORY) == category).values("id"))
+    for category, name in names.CATEGORY_VIEWS.items():  # a tag and a saved view per category, in step
+        expected = set(dataset.match(db.F(names.CATEGORY) == category).values("id"))
         assert set(dataset.load_saved_view(name).values("id")) == expected == set(dataset.match_tags(name).values("id"))
     assert len(dataset.load_saved_view("audit-mislabels")) == len(wrong)
     for name in wrong:  # the printed table names them

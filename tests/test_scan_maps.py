@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from audit import db
+from audit import names
 from audit.scan import ScanOptions, scan
 
 from conftest import SAMPLE_DATA
@@ -16,7 +16,7 @@ from synthetic_images import espresso_cup, make_dataset, noise_canvas, paste
 
 PHOTOS = {"chelsea.jpg": "tiger cat", "rocket.jpg": "missile",  # predicted as labelled
           "coffee.jpg": "tripod", "camera.jpg": "espresso"}  # labelled wrong on purpose
-INLINE_MAPS = (db.EIGENCAM_PC2, db.GRADCAM_PRED, db.GRADCAM_GIVEN)
+INLINE_MAPS = (names.EIGENCAM_PC2, names.GRADCAM_PRED, names.GRADCAM_GIVEN)
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def test_the_second_component_and_the_class_maps_are_stored_in_the_photos_frame(
 
 def test_the_class_maps_differ_where_the_label_is_wrong_and_agree_where_it_is_right(scanned_photos):
     for name, sample in scanned_photos.items():
-        signals = sample[db.SIGNALS]
-        predicted, given = sample[db.GRADCAM_PRED].map, sample[db.GRADCAM_GIVEN].map
+        signals = sample[names.SIGNALS]
+        predicted, given = sample[names.GRADCAM_PRED].map, sample[names.GRADCAM_GIVEN].map
         if name in ("coffee.jpg", "camera.jpg"):
             assert signals["pred_index"] != signals["given_index"], name
             mean_difference = np.abs(predicted.astype(float) - given.astype(float)).mean()
@@ -77,11 +77,11 @@ def test_all_boxes_gives_a_box_for_each_of_two_objects_far_apart(embedded_model,
     dataset = make_dataset("two-cups", [(path, "espresso")], tmp_path)
 
     scan(dataset, embedded_model, ScanOptions(workers=0))
-    assert len(dataset.first()[db.EIGENCAM_BOX].detections) == 1
+    assert len(dataset.first()[names.EIGENCAM_BOX].detections) == 1
 
     assert scan(dataset, embedded_model, ScanOptions(workers=0, all_boxes=True)).scanned == 1  # other settings: redone
     boxes = []
-    for detection in dataset.first()[db.EIGENCAM_BOX].detections:
+    for detection in dataset.first()[names.EIGENCAM_BOX].detections:
         x, y, w, h = detection.bounding_box
         boxes.append((x * side, y * side, (x + w) * side, (y + h) * side))
     assert len(boxes) >= 2

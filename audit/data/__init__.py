@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from audit import db
+from audit import db, names
 from audit.data.csvfile import read_csv
 from audit.data.folders import read_folder
 from audit.data.ingest import ingest, known_filepaths
@@ -25,7 +25,7 @@ def default_name(source: str, root: str | None) -> str:
 
 
 def open_source(source: str, root: str | None = None, name: str | None = None, labels: str | None = None,
-                label_field: str = db.GROUND_TRUTH, layout: str | None = None, limit: int | None = None,
+                label_field: str = names.GROUND_TRUTH, layout: str | None = None, limit: int | None = None,
                 warn: Callable[[str], None] = print, boxes: str | None = None):
     """The persistent dataset for a source (ingesting what is new); returns (dataset, added).
     ``boxes``: imagenet-val's box folder, when not where the layout puts it (found under the root otherwise)."""
@@ -54,7 +54,7 @@ def open_source(source: str, root: str | None = None, name: str | None = None, l
         records = read_imagenet(Path(root), layout=layout, limit=limit, warn=warn, skip=known, boxes=boxes)
     records = _first_read(records)  # a source that cannot be read fails before its dataset is created
     dataset, added = ingest(name, records, limit=limit, warn=warn, known=known)
-    db.save_audit_info(dataset, source=source, label_field=db.GROUND_TRUTH)
+    db.save_audit_info(dataset, source=source, label_field=names.GROUND_TRUTH)
     return dataset, added
 
 

@@ -25,7 +25,7 @@ from bson import ObjectId
 from fiftyone.core.odm.sample import _generate_rand
 from PIL import ExifTags, Image
 
-from audit import db
+from audit import db, names
 from audit.data.classes import imagenet_names, imagenet_wnids, resolve_imagenet_label
 from audit.data.records import Record, SourceError
 
@@ -143,7 +143,7 @@ class _Writer:
         self._prepare()
         now = datetime.utcnow()  # as FiftyOne stamps samples: naive UTC
         docs = [self._document(path, record, size, now) for (path, record), size in zip(batch, sizes)]
-        for field, kind in ((db.GROUND_TRUTH, fo.Classification), (db.GT_BOXES, fo.Detections)):
+        for field, kind in ((names.GROUND_TRUTH, fo.Classification), (names.GT_BOXES, fo.Detections)):
             if field not in self.declared and any(field in doc for doc in docs):
                 self._declare(field, kind)
         self.dataset._sample_collection.insert_many(docs, ordered=True)
@@ -181,10 +181,10 @@ class _Writer:
             doc["metadata"] = {"_cls": "ImageMetadata", "width": size[0], "height": size[1]}
         truth = self._label(record.label)
         if truth is not None:
-            doc[db.GROUND_TRUTH] = truth
+            doc[names.GROUND_TRUTH] = truth
         if record.boxes and size:
             width, height = size
-            doc[db.GT_BOXES] = {**self.detections, "detections": [
+            doc[names.GT_BOXES] = {**self.detections, "detections": [
                 _fresh(self._box_label(box.label), bounding_box=[
                     box.x1 / width, box.y1 / height, (box.x2 - box.x1) / width, (box.y2 - box.y1) / height])
                 for box in record.boxes]}

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from audit.errors import AuditError
-from audit import db
+from audit import names
 from audit.score import CONFIDENT, judge
 
 PRECISION_AT = (10, 25, 50)
@@ -65,8 +65,8 @@ def evaluate_labels(dataset, truth_path: Path) -> dict:
     table of the verified candidates (category x verdict) and how well the category separates
     label errors from classifier failures among the misclassified candidates (``separation``)."""
     truth = read_truth(truth_path)
-    view = dataset.exists(db.SIGNALS).exists(db.SCORE)
-    filepaths, signals, scores, categories = view.values(["filepath", db.SIGNALS, db.SCORE, db.CATEGORY])
+    view = dataset.exists(names.SIGNALS).exists(names.SCORE)
+    filepaths, signals, scores, categories = view.values(["filepath", names.SIGNALS, names.SCORE, names.CATEGORY])
     if not filepaths:
         raise TruthError(f"dataset '{dataset.name}' has no scored samples; run `audit scan` first")
     stems = [Path(p).stem for p in filepaths]
@@ -109,7 +109,7 @@ def separation(stems: list[str], signals: list[dict], categories: list[str], tru
     accuracy (0.5 = chance, 1 = perfect), by the category (``suspected_mislabel`` = label error)
     and by a confidence threshold on the prediction (at score.CONFIDENT, and at the threshold
     that is best in hindsight on these very samples, an upper bound for any threshold)."""
-    rows = [(truth[stem] != "label_ok", categories[i] == "suspected_mislabel", signals[i]["pred_prob"])
+    rows = [(truth[stem] != "label_ok", categories[i] == names.SUSPECTED_MISLABEL, signals[i]["pred_prob"])
             for i, stem in enumerate(stems) if stem in truth and signals[i]["pred_index"] != signals[i]["given_index"]]
     if not rows:
         return {"n": 0}

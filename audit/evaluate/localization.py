@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 from rich.progress import Progress
 
 from audit.errors import AuditError
-from audit import db
+from audit import db, names
 from audit.explain import box_iou, boxes_from_map, eigen_cam, eigen_salience, fuse, grad_cam, map_to_image, normalise_maps
 from audit.explain.boxes import DEFAULT_THRESHOLD
 from audit.models.registry import AuditModel
@@ -46,11 +46,11 @@ def evaluate_localization(dataset, model: AuditModel, iou: float = 0.5, batch_si
                           progress: Progress | None = None) -> dict:
     """GT-known and top-1 localization error (%) per method and threshold; the headline figures
     use Eigen-CAM at the scan's default threshold."""
-    view = dataset.exists(f"{db.GT_BOXES}.detections")
+    view = dataset.exists(f"{names.GT_BOXES}.detections")
     label = db.label_field(dataset)
-    filepaths, truths, boxes = view.values(["filepath", f"{label}.class_index", f"{db.GT_BOXES}.detections.bounding_box"])
+    filepaths, truths, boxes = view.values(["filepath", f"{label}.class_index", f"{names.GT_BOXES}.detections.bounding_box"])
     if not filepaths:
-        raise LocalizationError(f"dataset '{dataset.name}' has no ground-truth boxes ({db.GT_BOXES}) to evaluate against")
+        raise LocalizationError(f"dataset '{dataset.name}' has no ground-truth boxes ({names.GT_BOXES}) to evaluate against")
     hits = {(m, t): [] for m in METHODS for t in THRESHOLDS}
     correct: list[bool] = []
     task = progress.add_task("localizing", total=len(filepaths)) if progress else None

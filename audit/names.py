@@ -1,0 +1,52 @@
+"""The names other tools and people rely on, in one place: the fields the audit writes, its tags,
+saved views, categories and their colours, and the default model. Code, the plugin and the report
+import them from here; none is spelled out anywhere else."""
+
+from __future__ import annotations
+
+# --- fields the scan and the scoring write on each sample ---------------------------------------
+PREDICTIONS = "predictions"
+EIGENCAM = "eigencam"
+EIGENCAM_BOX = "eigencam_box"
+EIGENCAM_PC2 = "eigencam_pc2"  # the second principal component (often a second object)
+GRADCAM_PRED = "gradcam_pred"  # Grad-CAM of the predicted class
+GRADCAM_GIVEN = "gradcam_given"  # Grad-CAM of the given label
+SIGNALS = "audit_signals"
+SCORE = "mislabel_score"
+CATEGORY = "category"
+REASONS = "reasons"
+SUGGESTED = "suggested_label"
+ERROR = "audit_error"
+DONE = "audit_done"  # the scan key of the settings the sample was scanned with; written last
+
+# --- fields the sources write ----------------------------------------------------------------------
+GROUND_TRUTH = "ground_truth"
+GT_BOXES = "gt_boxes"
+
+# --- review: marks made in the App, corrections applied ----------------------------------------------
+RELABEL_TAG = "relabel"  # marked in the App: the label is wrong (the corrected label in RELABEL_TO)
+OK_TAG = "label_ok"  # marked in the App: the label was checked and is right
+RELABELED_TAG = "relabeled"  # a corrected label was applied
+RELABEL_TO = "relabel_to"
+HISTORY = "relabel_history"
+ORIGINAL_SUFFIX = "_original"  # <label field>_original keeps the label as it was before the first relabel
+
+# --- categories, their tags, saved views and colours ------------------------------------------------
+SUSPECTED_MISLABEL = "suspected_mislabel"
+CLASSIFIER_FAILURE = "classifier_failure"
+AMBIGUOUS = "ambiguous"
+BAD_BOX = "bad_box"
+OK = "ok"
+ERROR_CATEGORY = "error"  # the sample could not be read
+CATEGORIES = (SUSPECTED_MISLABEL, CLASSIFIER_FAILURE, AMBIGUOUS, BAD_BOX, OK, ERROR_CATEGORY)
+FLAGGED_TAG = "audit-flagged"
+FLAGGED_VIEW = "audit-flagged"
+# A tag and a saved view of the same name per flagged category.
+CATEGORY_VIEWS = {SUSPECTED_MISLABEL: "audit-mislabels", CLASSIFIER_FAILURE: "audit-failures",
+                  AMBIGUOUS: "audit-ambiguous", BAD_BOX: "audit-bad-boxes"}
+# The verdict's colour on the App's tiles, in its panel and in the report.
+CATEGORY_COLOURS = {SUSPECTED_MISLABEL: "#d62728", CLASSIFIER_FAILURE: "#ff7f0e", AMBIGUOUS: "#9467bd",
+                    BAD_BOX: "#8c564b", OK: "#2ca02c", ERROR_CATEGORY: "#7f7f7f"}
+
+# --- defaults ----------------------------------------------------------------------------------------
+DEFAULT_MODEL = "efficientnet_lite0"
