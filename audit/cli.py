@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from audit import names
-from audit.errors import AuditError
+from audit.errors import AuditError, OptionError
 
 app = typer.Typer(help="Find label errors and classifier failures in image datasets (Eigen-CAM + FiftyOne).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -53,6 +53,8 @@ def command(function):
             return function(*args, **kwargs)
         except (typer.Exit, typer.BadParameter):  # a usage error: printed with the usage, exit status 2
             raise
+        except OptionError as error:
+            raise typer.BadParameter(str(error), param_hint=error.option) from None
         except KeyboardInterrupt:
             hint = "; run the same command again to resume" if function.__name__ == "scan" else ""
             err.print(f"interrupted{hint}", markup=False, highlight=False)
@@ -108,58 +110,57 @@ def scan(
 ) -> None:
     """Load SOURCE into FiftyOne, run the model once, attach predictions, Eigen-CAM maps and boxes,
     and rank the samples. Resumes by default: samples scanned with the same settings are skipped."""
-    from audit.data import default_name, open_source
-    from audit.lock import ScanLock
     from audit.data.imagenet import LAYOUTS
-    from audit.models.registry import PRESETS, load_model
-    from audit.scan import ScanOptions, check_ensemble
-    from audit.scan import scan as run_scan
-    from audit.triage import rescore
+    from audit.models.registry import load_models, model_names
+    from audit.pipeline import SourceRequest, audit_dataset, load_source
+    from audit.scan import ScanOptions
 
-    shard_index, shard_count = _parse_shard(shard)
-    if models is not None and models not in PRESETS:
-        raise typer.BadParameter(f"'{models}' is not one of {', '.join(PRESETS)}", param_hint="--models")
-    model_names = list(dict.fromkeys((model or []) + (PRESETS[models] if models else []))) or [names.DEFAULT_MODEL]
-    if len(model_names) > 1 and (weights or layer):
-        raise typer.BadParameter("--weights and --layer apply to a single --model", param_hint="--weights/--layer")
     if layout is not None and layout not in LAYOUTS:
         raise typer.BadParameter(f"'{layout}' is not one of {', '.join(LAYOUTS)}", param_hint="--layout")
-    loaded = [load_model(n, weights=weights, layer=layer, device=device) for n in model_names]
-    check_ensemble(loaded)
-    warnings: list[str] = []
-
-    def waiting(message: str) -> None:
-        err.print(f"waiting: {message}", markup=False, highlight=False)
-
-    with ScanLock(name or default_name(source.value, root), kind="ingest", wait=True, on_wait=waiting):
-        dataset, added = open_source(source.value, root, name, str(labels) if labels else None, label_field,
-                                     layout, limit, warn=warnings.append, boxes=str(boxes) if boxes else None)
-    for warning in warnings[:20]:  # one line each, never wrapped: file:line stays greppable
-        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
-    if len(warnings) > 20:
-        err.print(f"warning: … and {len(warnings) - 20} more")
-    with_boxes = len(dataset.exists(names.GT_BOXES)) if dataset.has_sample_field(names.GT_BOXES) else 0
-    err.print(f"dataset '{dataset.name}': {len(dataset)} samples ({added} new), {with_boxes} with boxes")
-    for each in loaded:
-        err.print(f"model {each.name} on {each.device}: layer '{each.target_layer}', {each.preprocess.describe()}")
-    options = ScanOptions(batch_size=batch_size, workers=workers, limit=limit, shard=(shard_index, shard_count),
+    options = ScanOptions(batch_size=batch_size, workers=workers, limit=limit, shard=_parse_shard(shard),
                           restart=restart, amp=amp, second_opinion=second_opinion, class_maps=class_maps,
                           all_boxes=all_boxes)
+    loaded = load_models(model_names(model, models), weights=weights, layer=layer, device=device)
+    request = SourceRequest(source.value, root, name, str(labels) if labels else None, label_field, layout, limit,
+                            str(boxes) if boxes else None)
+    warnings: list[str] = []
+    dataset, added = load_source(request, warn=warnings.append, on_wait=lambda why: _say(f"waiting: {why}"))
+    _print_loaded(dataset, added, warnings, loaded)
     with _progress() as progress:
-        summary = run_scan(dataset, loaded, options, progress)
-    if summary.interrupted:
-        err.print(f"interrupted: {summary.scanned} samples saved; run the same command again to resume")
+        result = audit_dataset(dataset, loaded, options, progress)
+    if result.scoring is None:
+        _say(f"interrupted: {result.scan.scanned} samples saved; run the same command again to resume")
         raise typer.Exit(130)
-    scoring = rescore(dataset)
-    err.print(f"scanned {summary.scanned}, already done {summary.skipped}, unreadable {summary.unreadable}; "
-              + ", ".join(f"{c} {n}" for c, n in sorted(scoring.counts.items())))
-    if summary.unreadable:
-        err.print(f"{summary.unreadable} image(s) could not be read (category error, the reason in audit_error): "
-                  f"`audit rank {dataset.name} --category error` lists them", markup=False, highlight=False)
-    if scoring.top1_agreement is not None:
-        err.print(f"top-1 accuracy against the given labels: {100 * scoring.top1_agreement:.1f} % "
-                  f"of {scoring.labelled} samples")
+    _print_scanned(dataset, result)
     _print_table(dataset, top=20)
+
+
+def _say(line: str) -> None:
+    """One line on stderr, exactly as given (paths and file:line stay greppable)."""
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_loaded(dataset, added: int, warnings: list[str], models) -> None:
+    for warning in warnings[:20]:
+        _say(f"warning: {warning}")
+    if len(warnings) > 20:
+        _say(f"warning: … and {len(warnings) - 20} more")
+    with_boxes = len(dataset.exists(names.GT_BOXES)) if dataset.has_sample_field(names.GT_BOXES) else 0
+    _say(f"dataset '{dataset.name}': {len(dataset)} samples ({added} new), {with_boxes} with boxes")
+    for each in models:
+        _say(f"model {each.name} on {each.device}: layer '{each.target_layer}', {each.preprocess.describe()}")
+
+
+def _print_scanned(dataset, result) -> None:
+    summary, scoring = result.scan, result.scoring
+    _say(f"scanned {summary.scanned}, already done {summary.skipped}, unreadable {summary.unreadable}; "
+         + ", ".join(f"{c} {n}" for c, n in sorted(scoring.counts.items())))
+    if summary.unreadable:
+        _say(f"{summary.unreadable} image(s) could not be read (category error, the reason in audit_error): "
+             f"`audit rank {dataset.name} --category error` lists them")
+    if scoring.top1_agreement is not None:
+        _say(f"top-1 accuracy against the given labels: {100 * scoring.top1_agreement:.1f} % "
+             f"of {scoring.labelled} samples")
 
 
 def _parse_shard(shard: str) -> tuple[int, int]:
@@ -367,18 +368,14 @@ def delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
     """Delete a dataset and its heatmap files (asks first). Your image files are not touched."""
-    import shutil
-
     from audit import db
-    from audit.scan import maps_dir
 
     dataset = db.load_dataset(name)
     if not yes:
         if not sys.stdin.isatty():
             raise typer.BadParameter("refusing to delete without a terminal to ask; pass --yes", param_hint="--yes")
         typer.confirm(f"delete dataset '{name}' ({len(dataset)} samples)?", abort=True)
-    shutil.rmtree(maps_dir(dataset), ignore_errors=True)
-    dataset.delete()
+    db.delete_dataset(name)
     err.print(f"deleted '{name}'")
 
 

@@ -136,6 +136,20 @@ def load_dataset(name: str) -> fo.Dataset:
     return fo.load_dataset(name)
 
 
+def maps_dir(dataset) -> Path:
+    """Where the heatmap PNGs of a dataset (or a view's dataset) live, beside FiftyOne's own dataset files."""
+    return Path(fo.config.default_dataset_dir) / "audit-maps" / dataset._root_dataset.name
+
+
+def delete_dataset(name: str) -> None:
+    """Delete the dataset ``name`` and its heatmap files; the images it points at are not touched."""
+    import shutil
+
+    dataset = load_dataset(name)
+    shutil.rmtree(maps_dir(dataset), ignore_errors=True)
+    dataset.delete()
+
+
 def audit_info(dataset: fo.Dataset) -> dict:
     """The audit's run record on the dataset (label field, models, thresholds, tool version)."""
     return dict(dataset.info.get("audit", {}))

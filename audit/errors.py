@@ -9,3 +9,11 @@ from __future__ import annotations
 
 class AuditError(Exception):
     """A failure the user can act on; ``str(error)`` is one line saying what happened and what to do."""
+
+
+class OptionError(AuditError):
+    """An option the command cannot take as given (``option`` names it): a usage error, exit status 2."""
+
+    def __init__(self, message: str, option: str):
+        super().__init__(message)
+        self.option = option

@@ -40,8 +40,7 @@ from audit.explain.boxes import DEFAULT_THRESHOLD
 from audit.images import open_rgb
 from audit.lock import LockError, ScanLock
 from audit.models.preprocess import Preprocess
-from audit.models.registry import AuditModel
-from audit.models.weights import ModelError
+from audit.models.registry import AuditModel, check_ensemble
 
 SCAN_VERSION = 3  # bump when the fields a scan writes change meaning: older results are redone
 PAGE_SIZE = 1000  # samples read from the database at a time
@@ -108,11 +107,6 @@ def scan_key(models: list[AuditModel], options: ScanOptions) -> str:
     if options.all_boxes:
         settings_["all_boxes"] = True
     return hashlib.sha256(json.dumps(settings_, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def maps_dir(dataset) -> Path:
-    """Where the heatmap PNGs of a dataset live (beside FiftyOne's own dataset files)."""
-    return Path(db.fo.config.default_dataset_dir) / "audit-maps" / dataset._root_dataset.name  # views too
 
 
 # --- resources: processes, threads, memory format, precision ------------------------------------
@@ -280,16 +274,6 @@ class PendingSamples:
 # --- the loop -----------------------------------------------------------------------------------
 
 
-def check_ensemble(models: list[AuditModel]) -> None:
-    """Models scanned together must share their classes (their probabilities are averaged) and device."""
-    for model in models[1:]:
-        if model.classes != models[0].classes:
-            raise ModelError(f"{model.name} and {models[0].name} predict different classes: "
-                             "an ensemble needs models with the same classes")
-        if model.device != models[0].device:
-            raise ModelError("the models of an ensemble must run on the same device")
-
-
 def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | None = None,
          progress=None) -> ScanSummary:
     """Scan the unscanned samples of ``dataset`` (a dataset or a view) with ``models`` (one model,
@@ -304,7 +288,7 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
     root = dataset._root_dataset  # ``dataset`` may be a view (the App's plugin)
     db.declare_audit_fields(root)
     key = scan_key(models, options)
-    out_dir = maps_dir(dataset)
+    out_dir = db.maps_dir(dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Per-model fields of earlier ensemble scans that this one does not write: cleared on each sample
     # it redoes, so that no sample shows results of models it was not scanned with.

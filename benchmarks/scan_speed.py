@@ -76,7 +76,7 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
     import torch
 
     from audit.models.registry import PRESETS, load_model
-    from audit.scan import ScanOptions, make_loader, model_runtime, scan
+    from audit.scan import ScanOptions, make_loader, model_runtime
 
     model = load_model("efficientnet_lite0", device="auto")
     models = [model] + [load_model(name, device="auto") for name in PRESETS["lite"][1:]] if mode == "e" else [model]
@@ -100,18 +100,14 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
                   "threads": threads}
     else:
         from audit import db
-        from audit.triage import rescore
-
-        dataset = db.load_dataset(name)
-        if mode == "c":
-            options.class_maps = options.second_opinion = False
-        summary = scan(dataset, models, options)
+        from audit.pipeline import audit_dataset
         from audit.scan import plan_resources
 
+        if mode == "c":
+            options.class_maps = options.second_opinion = False
+        summary = audit_dataset(db.load_dataset(name), models, options).scan  # scoring's memory counts too
         result = {"images": summary.scanned, "seconds": summary.seconds, "write_seconds": summary.write_seconds,
-                  "peak_scan_mb": peak_mb(resource.RUSAGE_SELF), "workers": plan_resources(model.device, options.workers)[0],
-                  "threads": torch.get_num_threads()}
-        rescore(dataset)  # as `audit scan` does next: its memory counts too
+                  "workers": plan_resources(model.device, options.workers)[0], "threads": torch.get_num_threads()}
     result.update(mode=mode, img_s=result["images"] / result["seconds"], peak_mb=peak_mb(resource.RUSAGE_SELF),
                   workers_peak_mb=peak_mb(resource.RUSAGE_CHILDREN), device=str(model.device),
                   batch_size=options.batch_size)
@@ -120,9 +116,9 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
 
 def ingest(table: Path, name: str) -> None:
     sys.path.insert(0, str(REPO))
-    from audit.data import open_source
+    from audit.pipeline import SourceRequest, load_source
 
-    open_source("csv", str(table), name, warn=lambda _message: None)
+    load_source(SourceRequest("csv", str(table), name), warn=lambda _message: None)
 
 
 # --- the driver ----------------------------------------------------------------------------------
@@ -181,12 +177,11 @@ def main() -> None:
         if options.memory:
             sizes = [int(s) for s in options.sizes.split(",")]
             rows = [measure("b", n, folder, env, options) for n in sizes]
-            print(f"{'images':>8} {'img/s':>7} {'peak MB':>8} {'in scan':>8} {'workers':>8}")
+            print(f"{'images':>8} {'img/s':>7} {'peak MB':>8} {'workers':>8}")
             for n, row in zip(sizes, rows):
-                print(f"{n:>8} {row['img_s']:>7.1f} {row['peak_mb']:>8.0f} {row['peak_scan_mb']:>8.0f} "
-                      f"{row['workers_peak_mb']:>8.0f}")
-            print(f"peak memory at {sizes[-1]} / at {sizes[0]}: {rows[-1]['peak_mb'] / rows[0]['peak_mb']:.3f} "
-                  f"(scan loop only: {rows[-1]['peak_scan_mb'] / rows[0]['peak_scan_mb']:.3f})")
+                print(f"{n:>8} {row['img_s']:>7.1f} {row['peak_mb']:>8.0f} {row['workers_peak_mb']:>8.0f}")
+            print(f"peak memory (scan and scoring) at {sizes[-1]} / at {sizes[0]}: "
+                  f"{rows[-1]['peak_mb'] / rows[0]['peak_mb']:.3f}")
         else:
             modes = options.modes.split(",")
             runs = {mode: [] for mode in modes}

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from audit.data.classes import imagenet_names
+from audit.errors import OptionError
 from audit.names import DEFAULT_MODEL
 from audit.models.layers import FeatureForward, build_head, find_salience_layer, find_target_layer, get_module
 from audit.models.preprocess import Preprocess
@@ -94,6 +95,35 @@ def embedded_weights_file(name: str) -> Path | None:
         return None
     files = sorted(Path(list(spec.submodule_search_locations)[0]).glob("models/*.pth"))
     return files[0] if files else None
+
+
+def model_names(models: list[str] | None = None, preset: str | None = None) -> list[str]:
+    """The models a scan runs: ``models`` (repeats dropped) and a ``preset``'s (PRESETS), in order;
+    the embedded default when neither is given."""
+    if preset is not None and preset not in PRESETS:
+        raise OptionError(f"'{preset}' is not one of {', '.join(PRESETS)}", "--models")
+    return list(dict.fromkeys((models or []) + (PRESETS[preset] if preset else []))) or [DEFAULT_MODEL]
+
+
+def load_models(names: list[str], weights: str | Path | None = None, layer: str | None = None,
+                device: str = "auto") -> list[AuditModel]:
+    """Load the models of one scan (see `load_model`): ``weights`` and ``layer`` name one model's, so
+    they apply only to a single model; an ensemble's models must fit together (`check_ensemble`)."""
+    if len(names) > 1 and (weights or layer):
+        raise OptionError("--weights and --layer apply to a single --model", "--weights/--layer")
+    models = [load_model(name, weights=weights, layer=layer, device=device) for name in names]
+    check_ensemble(models)
+    return models
+
+
+def check_ensemble(models: list[AuditModel]) -> None:
+    """Models scanned together must share their classes (their probabilities are averaged) and device."""
+    for model in models[1:]:
+        if model.classes != models[0].classes:
+            raise ModelError(f"{model.name} and {models[0].name} predict different classes: "
+                             "an ensemble needs models with the same classes")
+        if model.device != models[0].device:
+            raise ModelError("the models of an ensemble must run on the same device")
 
 
 def load_model(name: str = DEFAULT_MODEL, weights: str | Path | None = None, layer: str | None = None,

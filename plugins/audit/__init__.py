@@ -236,20 +236,19 @@ class RunAudit(foo.Operator):
 
     @notifies_errors
     def execute(self, ctx):
-        from audit.models.registry import load_model
-        from audit.scan import ScanOptions, scan
-        from audit.triage import rescore
+        from audit.models.registry import load_models
+        from audit.pipeline import audit_dataset
+        from audit.scan import ScanOptions
 
         target = ctx.target_view()
         yield ctx.trigger("set_progress", dict(label=f"loading the model for {len(target)} sample(s)"))
         model_names = [n.strip() for n in (ctx.params.get("model") or "").split(",") if n.strip()]
-        models = [load_model(name, device="auto") for name in model_names or _scanned_models(ctx.dataset)]
+        models = load_models(model_names or _scanned_models(ctx.dataset))
         yield ctx.trigger("set_progress", dict(label=f"scanning {len(target)} sample(s)"))
-        summary = scan(target, models, ScanOptions(workers=0, restart=bool(ctx.params.get("redo"))))
-        scoring = rescore(ctx.dataset)
+        result = audit_dataset(target, models, ScanOptions(workers=0, restart=bool(ctx.params.get("redo"))))
         yield ctx.ops.reload_dataset()
-        counts = ", ".join(f"{c} {n}" for c, n in sorted(scoring.counts.items()))
-        yield ctx.ops.notify(f"scanned {summary.scanned}, already done {summary.skipped}; {counts}",
+        counts = ", ".join(f"{c} {n}" for c, n in sorted(result.scoring.counts.items()))
+        yield ctx.ops.notify(f"scanned {result.scan.scanned}, already done {result.scan.skipped}; {counts}",
                              variant="success")
 
 

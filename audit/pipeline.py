@@ -1,0 +1,57 @@
+"""The audit of a dataset, put together once: load the source (under the dataset's ingest lock),
+scan it with the models (under its scan lock), then score every sample. The CLI, the App's plugin
+and the benchmarks all call these two functions; nothing else strings the steps together."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from audit.data import default_name, open_source
+from audit.lock import ScanLock
+from audit.names import GROUND_TRUTH
+from audit.models.registry import AuditModel
+from audit.scan import ScanOptions, ScanSummary, scan
+from audit.triage import ScoringSummary, rescore
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """What to load: a source (``imagenet-val``, ``folder``, ``csv``, ``fiftyone``, ``sample``) and how to read it."""
+
+    source: str
+    root: str | None = None
+    name: str | None = None  # the dataset's name (default: the source's, see `audit.data.default_name`)
+    labels: str | None = None  # folder: a CSV of labels for a flat folder
+    label_field: str = GROUND_TRUTH  # fiftyone: the field holding the labels
+    layout: str | None = None  # imagenet-val: force a layout
+    limit: int | None = None
+    boxes: str | None = None  # imagenet-val: the folder of the box files
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """A finished (or interrupted) audit: the scan's counts, and the scoring's (None when interrupted)."""
+
+    scan: ScanSummary
+    scoring: ScoringSummary | None
+
+
+def load_source(request: SourceRequest, warn: Callable[[str], None] = print,
+                on_wait: Callable[[str], None] | None = None):
+    """The persistent dataset of ``request``, with what is new ingested; returns (dataset, added).
+    Two loads of one source wait for each other (``on_wait`` hears why), then the second adds nothing."""
+    name = request.name or default_name(request.source, request.root)
+    with ScanLock(name, kind="ingest", wait=True, on_wait=on_wait):
+        return open_source(request.source, request.root, request.name, request.labels, request.label_field,
+                           request.layout, request.limit, warn=warn, boxes=request.boxes)
+
+
+def audit_dataset(dataset, models: list[AuditModel], options: ScanOptions | None = None,
+                  progress=None) -> AuditResult:
+    """Scan ``dataset`` (a dataset or a view) with ``models`` and score every sample of its dataset.
+    Raises `audit.lock.LockError` when another scan of it runs; Ctrl-C saves what is done and returns
+    an interrupted result, which the same call resumes."""
+    summary = scan(dataset, models, options or ScanOptions(), progress)
+    scoring = None if summary.interrupted else rescore(dataset._root_dataset)
+    return AuditResult(summary, scoring)
