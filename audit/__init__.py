@@ -1,3 +1,52 @@
-"""audit: find label errors and classifier failures in image datasets with Eigen-CAM and FiftyOne."""
+"""audit: find label errors and classifier failures in image datasets with Eigen-CAM and FiftyOne.
+
+The library API, what the CLI calls (a notebook can make the same calls)::
+
+    import audit
+
+    dataset, added = audit.load_source(audit.SourceRequest("folder", root="photos/"))
+    models = audit.load_models(["efficientnet_lite0"])
+    result = audit.audit_dataset(dataset, models)           # scan + scoring, resumable
+    rows = audit.ranked_rows(dataset, top=20)               # highest mislabel_score first
+    audit.export_dataset(dataset, "relabel.csv")             # fill in new_label, then:
+    audit.relabel_from_file(dataset, "relabel.csv")
+
+Names are loaded on first use, so that ``import audit`` (and the CLI's start) stays quick.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# name -> the module that defines it
+_API = {
+    "AuditError": "audit.errors",
+    "SourceRequest": "audit.pipeline", "AuditResult": "audit.pipeline", "load_source": "audit.pipeline",
+    "audit_dataset": "audit.pipeline",
+    "ScanOptions": "audit.scan",
+    "AuditModel": "audit.models.registry", "load_model": "audit.models.registry", "load_models": "audit.models.registry",
+    "model_names": "audit.models.registry", "available_models": "audit.models.registry",
+    "Verdict": "audit.score", "judge": "audit.score",
+    "rescore": "audit.triage", "ranked_rows": "audit.triage",
+    "load_dataset": "audit.db", "delete_dataset": "audit.db", "flagged_view": "audit.db",
+    "export_dataset": "audit.export",
+    "relabel_from_file": "audit.relabel", "relabel_from_marks": "audit.relabel", "mark_samples": "audit.relabel",
+    "write_report": "audit.report",
+    "evaluate_labels": "audit.evaluate.labels", "evaluate_localization": "audit.evaluate.localization",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        value = getattr(importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'audit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -27,6 +27,7 @@ from audit.explain import (
 )
 from audit.images import open_rgb
 from audit.models.registry import AuditModel
+from audit.score import normalised_margin
 
 TOP_K = 5
 CROP_PAD = 0.1  # a crop for a second opinion is grown by this share of the box on each side
@@ -38,15 +39,9 @@ SECOND_OPINION_MARGIN = 0.2
 # The given label's evidence region: where its Grad-CAM is at least this share of its maximum.
 EVIDENCE_THRESHOLD = 0.5
 VIEWS = ("flip", "object", "gt_box", "given_evidence")
-# The views the consensus averages: they look at the image without regard to any class. The crop
-# of the dominant object decides the category instead (see audit.score): averaged in, it lowers
-# the label's standing whenever the label names another object of the image, and it did not earn
-# its place in the score (dev set AP 0.423 with it, 0.428 without; label noise 0.806 vs 0.809 at 5 %).
-NEUTRAL_VIEWS = ("flip", "gt_box")
-# Views chosen for the label, which may only testify for it: averaged in, their p(given) may raise
-# the consensus's, never lower it, and their other classes are not counted (a crop chosen for a
-# random wrong label would otherwise dilute the confident true class: AP 0.795 -> 0.694 at 5 % noise).
-LABEL_VIEWS = ("given_evidence",)
+# Classes kept of each distribution (the whole image, each view): enough for the scoring to average
+# the views itself (`audit.score.consensus`), so that ``audit rank --rescore`` can change how.
+DISTRIBUTION_TOP_K = 10
 
 
 @dataclass
@@ -179,9 +174,8 @@ def needs_second_opinion(probabilities: torch.Tensor, given_index: int | None) -
     label, or leads the best other class by less than SECOND_OPINION_MARGIN."""
     if given_index is None:
         return False
-    others = probabilities.clone()
-    others[given_index] = -1.0
-    return bool(probabilities[given_index] - others.max() < SECOND_OPINION_MARGIN)
+    standing = distribution_signals(probabilities, given_index, range(len(probabilities)))
+    return normalised_margin(standing["given_prob"], standing["max_other_prob"]) < SECOND_OPINION_MARGIN
 
 
 def crop_relative(image: Image.Image, box: list[float], pad: float = CROP_PAD) -> Image.Image:
@@ -274,10 +268,13 @@ def _decode_again(filepath: str, min_side: int) -> Image.Image | None:
 
 
 def distribution_signals(probabilities: torch.Tensor, given_index: int | None, classes) -> dict:
-    """Top class and probability of a distribution, and the given class's probability, rank and
-    the best other class's probability (what the normalised margin needs)."""
+    """Top class and probability of a distribution, its ``top`` DISTRIBUTION_TOP_K [class, probability]
+    pairs, and the given class's probability, rank and the best other class's probability (what the
+    normalised margin needs)."""
     top_prob, top_index = probabilities.max(0)
-    signals = {"top_label": classes[int(top_index)], "top_index": int(top_index), "top_prob": float(top_prob)}
+    probs, indices = probabilities.topk(min(DISTRIBUTION_TOP_K, len(probabilities)))
+    signals = {"top_label": classes[int(top_index)], "top_index": int(top_index), "top_prob": float(top_prob),
+               "top": [[classes[i], float(p)] for i, p in zip(indices.tolist(), probs)]}
     if given_index is not None:
         others = probabilities.clone()
         others[given_index] = -1.0
@@ -305,11 +302,11 @@ def _corners(box: list[float]) -> tuple[float, float, float, float]:
 def sample_signals(models: list[AuditModel], sample: dict, given_label: str | None,
                    given_index: int | None) -> dict:
     """What the scoring reads (``audit_signals``): the prediction (the ensemble's mean probability
-    when several models), its top-5 and the given label's standing; the first model's Eigen-CAM
-    figures and class-map shares; per second-opinion view the same in short (``views``, averaged
-    over the models) and ``consensus``: the mean distribution over the whole image and the
-    NEUTRAL_VIEWS, whose ``given_prob`` the LABEL_VIEWS may raise (see there); with several models,
-    each model's own standing (``models``) and their agreement."""
+    when several models), its top classes (``top_labels``/``top_probs``: 5; ``top``: DISTRIBUTION_TOP_K
+    pairs) and the given label's standing (``given_class``: its name among the model's classes); the
+    first model's Eigen-CAM figures and class-map shares; per second-opinion view the same in short
+    (``views``, averaged over the models), from which the scoring forms its consensus; with several
+    models, each model's own standing (``models``) and their agreement."""
     classes = models[0].classes
     results, first = sample["results"], sample["results"][0]
     probabilities = torch.stack([r["probabilities"] for r in results]).mean(0)
@@ -318,7 +315,8 @@ def sample_signals(models: list[AuditModel], sample: dict, given_label: str | No
     signals = {
         "pred_index": whole["top_index"], "pred_label": whole["top_label"], "pred_prob": whole["top_prob"],
         "top_labels": [classes[i] for i in top_indices.tolist()], "top_probs": [float(p) for p in top_probs],
-        "given_label": given_label, "given_index": given_index,
+        "given_label": given_label, "given_index": given_index, "top": whole["top"],
+        "given_class": None if given_index is None else classes[given_index],
         **{k: whole[k] for k in ("given_prob", "max_other_prob", "given_rank") if k in whole},
         "cam_variance_ratio": first["variance_ratio"], "visible_fraction": first["visible_fraction"],
         "cam_box_area": first["boxes"][0][2] * first["boxes"][0][3] if first["boxes"] else 0.0,
@@ -329,12 +327,6 @@ def sample_signals(models: list[AuditModel], sample: dict, given_label: str | No
              for name in VIEWS if any(name in v for v in sample["views"])}
     if views:
         signals["views"] = {name: distribution_signals(p, given_index, classes) for name, p in views.items()}
-        neutral = [probabilities] + [views[name] for name in NEUTRAL_VIEWS if name in views]
-        signals["consensus"] = distribution_signals(torch.stack(neutral).mean(0), given_index, classes)
-        if given_index is not None:
-            testimony = neutral + [views[name] for name in LABEL_VIEWS if name in views]
-            testified = float(torch.stack([p[given_index] for p in testimony]).mean())
-            signals["consensus"]["given_prob"] = max(signals["consensus"]["given_prob"], testified)
     if len(models) > 1:
         signals["models"] = {field_suffix(m): distribution_signals(r["probabilities"], given_index, classes)
                              for m, r in zip(models, results)}

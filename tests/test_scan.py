@@ -107,6 +107,24 @@ def test_rank_json_is_the_flagged_rows(scanned):
 # Unreadable images (zero bytes, text named .jpg, truncated, ...): tests/test_bad_inputs.py.
 
 
+def test_rank_rescore_follows_the_scoring_policy_without_the_model(scanned, monkeypatch):
+    """The consensus of the second opinions is formed when scoring, from the stored signals: a
+    changed NEUTRAL_VIEWS changes the scores of the samples with views at `audit rank --rescore`."""
+    import audit.score
+
+    dataset, _ = scanned
+    with_views = dataset.exists(f"{names.SIGNALS}.views")
+    before = dict(zip(*with_views.values(["id", names.SCORE])))
+    assert before  # the photos in doubt got second opinions
+    monkeypatch.setattr(audit.score, "NEUTRAL_VIEWS", ())  # the whole image alone, and the label's testimony
+    assert runner.invoke(app, ["rank", "sample", "--rescore"]).exit_code == 0
+    after = dict(zip(*with_views.values(["id", names.SCORE])))
+    assert any(abs(after[i] - before[i]) > 1e-3 for i in before)
+    monkeypatch.undo()
+    assert runner.invoke(app, ["rank", "sample", "--rescore"]).exit_code == 0
+    assert dict(zip(*with_views.values(["id", names.SCORE]))) == pytest.approx(before)
+
+
 def test_usage_errors_exit_2_and_failures_exit_1_with_one_line():
     wrong_option = audit_cli("rank", "sample", "--no-such-option")
     assert wrong_option.returncode == 2

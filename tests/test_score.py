@@ -6,7 +6,7 @@ import torch
 
 from audit.data.classes import imagenet_names
 from audit.evidence import sample_signals
-from audit.score import for_new_label, judge
+from audit.score import consensus, for_new_label, judge
 
 NAMES = imagenet_names()
 TABBY, ESPRESSO, TRIPOD = (NAMES.index(n) for n in ("tabby", "espresso", "tripod"))
@@ -74,20 +74,25 @@ def test_unreadable_and_unknown_labels(signals):
     assert verdict.mislabel_score is None and "not one of the model's classes" in verdict.reasons[0]
 
 
+def together(signals: dict) -> dict:
+    return consensus(signals, signals["views"])
+
+
 def test_the_labels_evidence_crop_testifies_only_for_the_label(signals):
     whole = distribution(espresso=0.6, tripod=0.2)
     crop = distribution(tripod=0.7)  # the crop where 'tripod' has its evidence: a tripod is there
     plain = signals(TRIPOD, whole, flip=whole)
     testified = signals(TRIPOD, whole, flip=whole, given_evidence=crop)
-    assert testified["consensus"]["given_prob"] == pytest.approx((0.2 + 0.2 + 0.7) / 3, abs=1e-5)
-    assert testified["consensus"]["max_other_prob"] == pytest.approx(plain["consensus"]["max_other_prob"])
+    agreed, plain_agreed = together(testified), together(plain)
+    assert agreed["given_prob"] == pytest.approx((0.2 + 0.2 + 0.7) / 3, abs=1e-5)
+    assert agreed["max_other_prob"] == pytest.approx(plain_agreed["max_other_prob"])
     assert judge(testified).mislabel_score < judge(plain).mislabel_score
     # a crop less sure of the label than the whole image does not lower its standing
     unsure = signals(TRIPOD, whole, flip=whole, given_evidence=distribution(tripod=0.05))
-    assert unsure["consensus"]["given_prob"] == pytest.approx(plain["consensus"]["given_prob"])
+    assert together(unsure)["given_prob"] == pytest.approx(plain_agreed["given_prob"])
     # a crop chosen for a wrong label does not water down the confident true class
     wrong = signals(TRIPOD, distribution(espresso=0.9, tripod=0.001), given_evidence=distribution(tabby=0.5))
-    assert wrong["consensus"]["max_other_prob"] == pytest.approx(0.9, abs=1e-5)
+    assert together(wrong)["max_other_prob"] == pytest.approx(0.9, abs=1e-5)
     assert judge(wrong).category == "suspected_mislabel"
 
 
@@ -119,3 +124,21 @@ def test_a_new_label_is_judged_on_the_whole_image_from_the_stored_top_classes(si
     assert "'tabby' below" in verdict.reasons[2] and "(not in the top 5)" in verdict.reasons[2]
     unknown = for_new_label(stored, "widget", None)  # not a class the model is known to have
     assert judge(unknown).mislabel_score is None
+
+
+def test_the_consensus_is_formed_at_scoring_so_a_rescore_can_change_it(signals, monkeypatch):
+    """The views' stored top classes are enough to average them at scoring time: the consensus of
+    the whole image and its mirror equals the mean of the two distributions, and dropping the mirror
+    from NEUTRAL_VIEWS changes the score without the model."""
+    import audit.score
+
+    whole, mirror = distribution(espresso=0.5, tripod=0.3), distribution(espresso=0.2, tripod=0.6)
+    stored = signals(TRIPOD, whole, flip=mirror)
+    exact = (whole + mirror) / 2
+    agreed = together(stored)
+    assert agreed["given_prob"] == pytest.approx(float(exact[TRIPOD]), abs=1e-6)
+    assert agreed["max_other_prob"] == pytest.approx(float(exact[ESPRESSO]), abs=1e-6)
+    assert agreed["top_label"] == "tripod"
+    with_mirror = judge(stored).mislabel_score
+    monkeypatch.setattr(audit.score, "NEUTRAL_VIEWS", ("gt_box",))
+    assert judge(stored).mislabel_score == pytest.approx((1 - (0.3 - 0.5)) / 2, abs=1e-6) != with_mirror

@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from audit.errors import AuditError
 from audit import names
-from audit.score import CONFIDENT, judge
+from audit.score import CONFIDENT, judge, normalised_margin_score
 
 PRECISION_AT = (10, 25, 50)
 
@@ -41,9 +41,9 @@ def self_confidence(signals: dict) -> float:
 
 
 def normalized_margin(signals: dict) -> float:
-    """Baseline: (1 - (p(given) - max p(other))) / 2; higher = more suspect (cleanlab's
-    normalized_margin, inverted)."""
-    return (1.0 - (signals["given_prob"] - signals["max_other_prob"])) / 2.0
+    """Baseline: (1 - (p(given) - max p(other))) / 2 of the whole image; higher = more suspect
+    (cleanlab's normalized_margin, inverted)."""
+    return normalised_margin_score(signals)
 
 
 BASELINES = {"self_confidence": self_confidence, "normalized_margin": normalized_margin}
