@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from audit import db, names, settings
+from audit.boxformat import to_corners, to_relative
 from audit.data.classes import resolve_imagenet_label
 from audit.explain import (
     DEFAULT_THRESHOLD,
@@ -127,8 +128,7 @@ def map_and_boxes(model: AuditModel, model_map: np.ndarray, width: int, height: 
     image_map = _in_image_frame(model, model_map, width, height, settings.MAP_MAX_SIDE)
     frame_h, frame_w = image_map.shape
     found = boxes_from_map(image_map, threshold=box_threshold, multiple=all_boxes)
-    return image_map, [[x1 / frame_w, y1 / frame_h, (x2 - x1) / frame_w, (y2 - y1) / frame_h]
-                       for x1, y1, x2, y2 in found]
+    return image_map, [to_relative(box, frame_w, frame_h) for box in found]
 
 
 def _relative_box(image_map: np.ndarray | None, threshold: float) -> list[float] | None:
@@ -137,8 +137,7 @@ def _relative_box(image_map: np.ndarray | None, threshold: float) -> list[float]
     if not found:
         return None
     height, width = image_map.shape
-    x1, y1, x2, y2 = found[0]
-    return [x1 / width, y1 / height, (x2 - x1) / width, (y2 - y1) / height]
+    return to_relative(found[0], width, height)
 
 
 def small_map(model: AuditModel, model_map: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -289,14 +288,9 @@ def agreement_signals(results: list[dict], ensemble_top: int) -> dict:
     (1 = they single out the same object, 0 = different objects or a model without a box)."""
     boxes = [(r["boxes"] or [None])[0] for r in results]
     pairs = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]]
-    ious = [0.0 if a is None or b is None else float(box_iou(_corners(a), [_corners(b)])[0]) for a, b in pairs]
+    ious = [0.0 if a is None or b is None else float(box_iou(to_corners(a), [to_corners(b)])[0]) for a, b in pairs]
     agree = [int(r["probabilities"].argmax()) == ensemble_top for r in results]
     return {"models_agree": sum(agree) / len(agree), "box_iou": sum(ious) / len(ious) if ious else 1.0}
-
-
-def _corners(box: list[float]) -> tuple[float, float, float, float]:
-    x, y, w, h = box
-    return x, y, x + w, y + h
 
 
 def sample_signals(models: list[AuditModel], sample: dict, given_label: str | None,

@@ -33,6 +33,7 @@ from pathlib import Path
 from audit.errors import AuditError
 from audit import db, names
 from audit.data.classes import imagenet_names, resolve_imagenet_label
+from audit.labelstudio import labelstudio_answer
 from audit.triage import rescore
 
 APP_MARKS = "app-marks"  # the ``source`` of changes applied from the App's marks
@@ -105,7 +106,7 @@ def read_corrections(path: Path) -> tuple[list[Correction], int]:
         if not isinstance(row, dict):
             raise RelabelError(f"{where}: a row must be an object with sample_id/filepath and new_label")
         if "data" in row and "annotations" in row:  # Label Studio's full JSON export
-            row = {**row["data"], **_labelstudio_answer(row)}
+            row = {**row["data"], **labelstudio_answer(row)}
         new_label = _text(row.get("new_label_other")) or _choice(row.get("new_label"))
         if not new_label:
             empty += 1
@@ -125,23 +126,6 @@ def _choice(value) -> str | None:
     if isinstance(value, list):
         value = value[0] if len(value) == 1 else None
     return _text(value)
-
-
-def _labelstudio_answer(task: dict) -> dict:
-    """The latest annotation of a Label Studio task that was not skipped, as new_label(_other)."""
-    annotations = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    if not annotations:
-        return {}
-    latest = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
-    answer = {}
-    for result in latest.get("result") or []:
-        value = result.get("value") or {}
-        if result.get("from_name") == "new_label":
-            answer["new_label"] = value.get("choices")
-        elif result.get("from_name") == "new_label_other":
-            texts = value.get("text") or []
-            answer["new_label_other"] = texts[0] if texts else None
-    return answer
 
 
 # ------------------------------------------------------------------------------------- validation

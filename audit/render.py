@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from audit.boxformat import to_corners
 from audit.images import open_rgb
 
 BOX_COLOURS = {"eigencam": (255, 255, 255), "ground_truth": (0, 220, 0)}
@@ -29,22 +30,10 @@ def overlay(filepath: str, heatmap: str | np.ndarray | None, boxes: dict[str, li
         picture = (picture * (1 - alpha) + coloured * alpha).astype(np.uint8)
     for group, group_boxes in boxes.items():
         colour = BOX_COLOURS.get(group, (255, 200, 0))
-        for x, y, w, h in group_boxes:
-            top_left = (int(round(x * width)), int(round(y * height)))
-            bottom_right = (int(round((x + w) * width)) - 1, int(round((y + h) * height)) - 1)
+        for box in group_boxes:
+            x1, y1, x2, y2 = to_corners(box, width, height)
+            top_left, bottom_right = (int(round(x1)), int(round(y1))), (int(round(x2)) - 1, int(round(y2)) - 1)
             cv2.rectangle(picture, top_left, bottom_right, (0, 0, 0), 4)
             cv2.rectangle(picture, top_left, bottom_right, colour, 2)
     return picture
 
-
-def contact_sheet(pictures: list[np.ndarray], captions: list[str], columns: int = 4, cell: int = 320) -> np.ndarray:
-    """Pictures in a grid of ``cell``-pixel squares, each captioned underneath."""
-    rows = (len(pictures) + columns - 1) // columns
-    sheet = np.full((rows * (cell + 24), columns * cell, 3), 255, np.uint8)
-    for position, (picture, caption) in enumerate(zip(pictures, captions)):
-        top, left = (position // columns) * (cell + 24), (position % columns) * cell
-        height, width = picture.shape[:2]
-        sheet[top:top + height, left:left + width] = picture
-        cv2.putText(sheet, caption[:44], (left + 4, top + cell + 17), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-    return sheet

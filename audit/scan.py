@@ -138,36 +138,21 @@ def _fast_memory_format(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-class _Autocast:
-    """The model's forward pass under autocast (float16 on CUDA, bfloat16 elsewhere); the explanation
-    code after it casts activations to float32 itself."""
-
-    def __init__(self, forward, device_type: str):
-        self.forward, self.device_type = forward, device_type
-        self.dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
-
-    def __call__(self, images):
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            return self.forward(images)
-
-
 @contextmanager
 def model_runtime(model: AuditModel, options: ScanOptions):
     """Sets up this process and the model for a streaming pass, undone on exit; yields the number of
     decoding workers. Used by the scan and by benchmarks/scan_speed.py's bare loop alike."""
     workers, threads = plan_resources(model.device, options.workers, options.threads)
-    saved_threads, saved_forward = torch.get_num_threads(), model.forward
+    saved_threads, saved_autocast = torch.get_num_threads(), model.forward.autocast
     if threads:
         torch.set_num_threads(threads)
     if _fast_memory_format(model.device):
         model.network.to(memory_format=torch.channels_last)
-    amp = model.device.type == "cuda" if options.amp is None else options.amp
-    if amp:
-        model.forward = _Autocast(saved_forward, model.device.type)
+    model.forward.autocast = model.device.type == "cuda" if options.amp is None else options.amp
     try:
         yield workers
     finally:
-        model.forward = saved_forward
+        model.forward.autocast = saved_autocast
         torch.set_num_threads(saved_threads)
         if _fast_memory_format(model.device):
             model.network.to(memory_format=torch.contiguous_format)

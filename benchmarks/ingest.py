@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from audit.throwaway_db import start_throwaway_database  # noqa: E402  (imports no fiftyone)
+from throwaway_db import start_throwaway_database  # noqa: E402  (imports no fiftyone)
 
 
 def main() -> None:

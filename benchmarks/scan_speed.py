@@ -11,7 +11,7 @@ listed in a CSV. In one run, each in its own process (so that peak memory is mea
 It prints images/s of each, the ratios b/a and c/a, the peak resident memory of each process
 (and of its decoding workers), and the database write time as a share of the scan. Images/s
 count the streaming loop only (model loading and ingest excluded; every mode the same way).
-The database is a throwaway mongod of its own (audit.throwaway_db) in the temporary folder, never yours.
+The database is a throwaway mongod of its own (tests/throwaway_db.py) in the temporary folder, never yours.
 
 --memory runs (b) at 2,000 and 20,000 images (or --sizes) and prints the peak memory of each and
 their ratio: the scan streams, so memory must not grow with the number of images beyond the
@@ -167,8 +167,8 @@ def main() -> None:
 
     folder = Path(options.keep) if options.keep else Path(tempfile.mkdtemp(prefix="audit-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(REPO))
-    from audit.throwaway_db import start_throwaway_database
+    sys.path.insert(0, str(REPO / "tests"))
+    from throwaway_db import start_throwaway_database
 
     start_throwaway_database(folder / "db")  # FIFTYONE_DATABASE_URI for the children: never your database
     env = dict(os.environ)

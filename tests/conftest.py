@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.throwaway_db import start_throwaway_database
+from throwaway_db import start_throwaway_database
 
 # A mongod of our own before FiftyOne is imported: never the user's database (FiftyOne would attach
 # to any database service already running, whatever FIFTYONE_DATABASE_DIR says).

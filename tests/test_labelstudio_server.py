@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from audit import db
 from audit.cli import app
-from audit.export import LABEL_STUDIO_CONFIG
+from audit.labelstudio import LABEL_STUDIO_CONFIG
 
 LABEL_STUDIO = os.environ.get("AUDIT_LABEL_STUDIO")
 pytestmark = pytest.mark.skipif(not LABEL_STUDIO, reason="AUDIT_LABEL_STUDIO names no label-studio program")

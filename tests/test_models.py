@@ -29,6 +29,22 @@ def test_embedded_model_classifies_a_real_photo(embedded_model):
     assert activations["bn2"].shape == (1, 1280, 7, 7)
 
 
+def test_mixed_precision_is_a_switch_of_the_forward_pass_and_agrees(embedded_model):
+    """`--amp` (bfloat16 on a CPU, float16 on CUDA) flips ``forward.autocast``: same top class."""
+    import skimage.data
+
+    from audit.scan import ScanOptions, model_runtime
+
+    image = embedded_model.preprocess(Image.fromarray(skimage.data.chelsea()))[None]
+    with torch.inference_mode():
+        full, _ = embedded_model.forward(image)
+        with model_runtime(embedded_model, ScanOptions(amp=True, workers=0)):
+            assert embedded_model.forward.autocast
+            mixed, activations = embedded_model.forward(image.contiguous(memory_format=torch.channels_last))
+        assert not embedded_model.forward.autocast  # undone on exit
+    assert activations["bn2"].dtype == torch.bfloat16 and mixed.argmax() == full.argmax()
+
+
 def test_head_reproduces_the_logits_from_the_activations(embedded_model):
     images = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
@@ -72,6 +88,10 @@ def test_torchvision_model_from_a_local_weights_file_carries_its_own_preprocessi
     with torch.inference_mode():
         logits, activations = model.forward(images)
         torch.testing.assert_close(model.head()(activations["layer4"]), logits, atol=1e-4, rtol=1e-4)
+        assert set(activations) == {"layer4"}  # the salience layer only when asked for (eval-loc)
+        with model.capturing(["layer3"]) as forward:
+            assert set(forward(images)[1]) == {"layer4", "layer3"}
+    assert not model.network.layer3._forward_hooks  # its hook is gone again
 
 
 def test_missing_weights_offline_say_which_file_and_how_to_pass_it(monkeypatch, tmp_path):

@@ -1,6 +1,8 @@
 """The scoring is a pure function of stored signals: each category from the signals that define it.
 The signals are made by the scan's own code (`audit.evidence.sample_signals`) from class distributions."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -22,13 +24,15 @@ def distribution(**probabilities) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def signals(embedded_model):
+def signals():
     """signals(given, whole, **views): the audit_signals of a sample whose whole image and second
-    opinions (flip, object, gt_box, given_evidence) have these class distributions."""
+    opinions (flip, object, gt_box, given_evidence) have these class distributions. The signals need
+    only the model's class names, so no network is loaded."""
+    imagenet_classifier = SimpleNamespace(name="efficientnet_lite0", classes=NAMES)
 
     def make(given: int, whole: torch.Tensor, boxes=(), **views: torch.Tensor) -> dict:
         result = {"probabilities": whole, "boxes": list(boxes), "variance_ratio": [0.6, 0.05], "visible_fraction": 1.0}
-        return sample_signals([embedded_model], {"results": [result], "views": [views]}, NAMES[given], given)
+        return sample_signals([imagenet_classifier], {"results": [result], "views": [views]}, NAMES[given], given)
 
     return make
 

@@ -28,6 +28,7 @@ from PIL import ExifTags, Image
 from audit import db, names
 from audit.data.classes import imagenet_names, imagenet_wnids, resolve_imagenet_label
 from audit.data.records import Record, SourceError
+from audit.boxformat import to_relative
 
 fo = db.fo
 INSERT_BATCH = 2000  # samples a database write
@@ -185,8 +186,7 @@ class _Writer:
         if record.boxes and size:
             width, height = size
             doc[names.GT_BOXES] = {**self.detections, "detections": [
-                _fresh(self._box_label(box.label), bounding_box=[
-                    box.x1 / width, box.y1 / height, (box.x2 - box.x1) / width, (box.y2 - box.y1) / height])
+                _fresh(self._box_label(box.label), bounding_box=to_relative((box.x1, box.y1, box.x2, box.y2), width, height))
                 for box in record.boxes]}
         return doc
 

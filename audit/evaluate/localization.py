@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from rich.progress import Progress
 
 from audit.errors import AuditError
 from audit import db, names
 from audit.explain import box_iou, boxes_from_map, eigen_cam, eigen_salience, fuse, grad_cam, map_to_image, normalise_maps
+from audit.boxformat import to_corners
 from audit.explain.boxes import DEFAULT_THRESHOLD
+from audit.images import open_rgb
 from audit.models.registry import AuditModel
 
 THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.40)
@@ -30,8 +31,8 @@ class LocalizationError(AuditError):
 
 def _maps(model: AuditModel, images: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Each method's (B, h, w) map in the model's input frame, 0..1, and the top-1 classes."""
-    with torch.inference_mode():
-        logits, activations = model.forward(images)
+    with torch.inference_mode(), model.capturing([model.salience_layer] if model.salience_layer else []) as forward:
+        logits, activations = forward(images)
         cam = normalise_maps(eigen_cam(activations[model.target_layer].float(), k=1)[0])[:, 0]
         maps = {"eigencam": cam}
         if model.salience_layer:
@@ -57,14 +58,13 @@ def evaluate_localization(dataset, model: AuditModel, iou: float = 0.5, batch_si
     for start in range(0, len(filepaths), batch_size):
         pictures = []
         for path in filepaths[start:start + batch_size]:
-            with Image.open(path) as image:
-                pictures.append(ImageOps.exif_transpose(image).convert("RGB"))
+            pictures.append(open_rgb(path))
         images = torch.stack([model.preprocess(p) for p in pictures]).to(model.device)
         maps, predicted = _maps(model, images)
         for row, picture in enumerate(pictures):
             width, height = picture.size
             position = start + row
-            truth = np.array([[x * width, y * height, (x + w) * width, (y + h) * height] for x, y, w, h in boxes[position]])
+            truth = np.array([to_corners(box, width, height) for box in boxes[position]])
             correct.append(truths[position] is not None and int(predicted[row]) == truths[position])
             window = model.preprocess.window(width, height)
             for method, method_maps in maps.items():

@@ -56,18 +56,19 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError:
-        raise ModelError(f"no module named '{name}' in the model; `audit models --layers NAME` lists them") from None
+        raise ModelError(f"no module named '{name}' in the model; `--layer` takes a module name as `print(model)` shows it (e.g. 'layer4')") from None
 
 
 class FeatureForward:
-    """Runs the model once and keeps the outputs of the named layers."""
+    """Runs the model once and keeps the outputs of the named layers, through forward hooks that
+    `close` removes. ``autocast`` runs the pass in mixed precision (float16 on CUDA, bfloat16
+    elsewhere); the explanation code after it casts activations to float32 itself."""
 
     def __init__(self, model: nn.Module, layers: list[str]):
         self.model = model
-        self.layers = layers
+        self.autocast = False
         self._captured: dict[str, torch.Tensor] = {}
-        for name in layers:
-            get_module(model, name).register_forward_hook(self._keeper(name))
+        self._hooks = [get_module(model, name).register_forward_hook(self._keeper(name)) for name in layers]
 
     def _keeper(self, name: str) -> Callable:
         def keep(_module, _inputs, output):
@@ -78,8 +79,18 @@ class FeatureForward:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(logits, {layer name: activations})."""
         self._captured = {}
-        logits = self.model(images)
+        if self.autocast:
+            device_type = images.device.type
+            with torch.autocast(device_type, dtype=torch.float16 if device_type == "cuda" else torch.bfloat16):
+                logits = self.model(images)
+        else:
+            logits = self.model(images)
         return logits, dict(self._captured)
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
 
 def build_head(model: nn.Module, target: str, input_size: int) -> Callable[[torch.Tensor], torch.Tensor]:

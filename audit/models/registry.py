@@ -7,6 +7,7 @@ are installed), any torchvision classification model (``resnet50``), and ``timm:
 from __future__ import annotations
 
 import importlib.util
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,8 @@ PRESETS = {"lite": list(EMBEDDED)}
 
 @dataclass
 class AuditModel:
-    """A loaded classifier ready for the scan: ``forward(images) -> (logits, {layer: activations})``."""
+    """A loaded classifier ready for the scan: ``forward(images) -> (logits, {target layer: activations})``
+    (``forward.autocast`` for mixed precision); `capturing` adds other layers for a while."""
 
     name: str
     network: nn.Module
@@ -49,8 +51,17 @@ class AuditModel:
     _head: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        layers = [self.target_layer] + ([self.salience_layer] if self.salience_layer else [])
-        self.forward = FeatureForward(self.network, layers)
+        self.forward = FeatureForward(self.network, [self.target_layer])
+
+    @contextmanager
+    def capturing(self, layers: list[str]):
+        """A forward pass that also keeps ``layers`` (the salience layer, for eval-loc); its hooks
+        are removed on exit."""
+        forward = FeatureForward(self.network, [self.target_layer, *layers])
+        try:
+            yield forward
+        finally:
+            forward.close()
 
     @property
     def is_imagenet(self) -> bool:

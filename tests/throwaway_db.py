@@ -1,4 +1,4 @@
-"""A private MongoDB for tests and benchmarks: FiftyOne's bundled mongod on a free loopback port.
+"""Test and benchmark support: a private MongoDB, FiftyOne's bundled mongod on a free loopback port.
 
 FiftyOne attaches to any database service already running on the machine, whatever
 FIFTYONE_DATABASE_DIR says, so a test run could otherwise write into the user's database. Pointing
@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def _bundled_mongod() -> str:
 def start_throwaway_database(folder: Path, remove_on_exit: bool = True) -> str:
     """Start mongod on ``folder`` (created) and point FiftyOne at it through FIFTYONE_DATABASE_URI
     (set in this process, inherited by subprocesses); stopped (and the folder removed) at exit.
-    Call before importing fiftyone. Returns the URI."""
+    Call before importing fiftyone. Returns the URI; RuntimeError when mongod does not start."""
     folder = Path(folder)
     (folder / "db").mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -55,7 +54,7 @@ def start_throwaway_database(folder: Path, remove_on_exit: bool = True) -> str:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if mongod.poll() is not None:
-            sys.exit(f"mongod exited at start; see {folder / 'mongod.log'}")
+            raise RuntimeError(f"mongod exited at start; see {folder / 'mongod.log'}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             break
