@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
@@ -45,6 +46,41 @@ VIEWS = ("flip", "object", "gt_box", "given_evidence")
 DISTRIBUTION_TOP_K = 10
 
 
+class Batch(TypedDict, total=False):
+    """A batch as the scan's loader collates it (``audit.scan.ImageFiles``), one entry per image."""
+
+    index: list[str]  # sample ids
+    filepath: list[str]
+    images: list[torch.Tensor]  # one (B, 3, H, W) tensor per model, each in its own preprocessing
+    width: torch.Tensor  # the decoded image's size as a viewer shows it (EXIF applied)
+    height: torch.Tensor
+    error: list[str]  # why an image could not be read, "" when it could
+    gt_boxes: list[list[list[float]] | None]  # relative [x, y, w, h] ground-truth boxes, when wanted
+
+
+@dataclass
+class ModelEvidence:
+    """What one model finds in one image, from one forward pass."""
+
+    probabilities: torch.Tensor  # softmax over the model's classes, of the whole image
+    map: np.ndarray  # the first Eigen-CAM component in the image's frame, uint8, at most MAP_MAX_SIDE a side
+    boxes: list[list[float]]  # relative [x, y, w, h] of the map's segments, the largest first
+    variance_ratio: list[float]  # share of the activations' variance of the first two components
+    visible_fraction: float  # share of the image the model saw (after its crop)
+    pc2: np.ndarray  # the second component, small (SMALL_MAP_SIDE), uint8
+    class_maps: dict[str, np.ndarray] = field(default_factory=dict)  # "pred"/"given": Grad-CAM, small, uint8
+    on_object: dict[str, float] = field(default_factory=dict)  # share of each class map inside the first box
+    given_evidence_box: list[float] | None = None  # where the given class's Grad-CAM is >= EVIDENCE_THRESHOLD
+
+
+@dataclass
+class SampleEvidence:
+    """Every model's evidence for one image, and the second opinions asked for it."""
+
+    results: list[ModelEvidence]  # one per model, in the scan's order
+    views: list[dict[str, torch.Tensor]]  # per model: view name -> probabilities (empty when none were asked)
+
+
 @dataclass
 class EvidenceOptions:
     """What to compute for each sample beyond the probabilities and the first Eigen-CAM component."""
@@ -74,16 +110,10 @@ def field_suffix(model: AuditModel) -> str:
 
 
 @torch.inference_mode()
-def explain_batch(model: AuditModel, images: torch.Tensor, batch: dict, options: EvidenceOptions,
-                  given_indices: list[int | None]) -> list[dict | None]:
-    """Per sample (None where the image could not be read): ``probabilities``; ``map``, the first
-    Eigen-CAM component in image coordinates (uint8, at most MAP_MAX_SIDE pixels a side); ``boxes``
-    (relative [x, y, w, h], largest segment first); ``variance_ratio`` of the first two components;
-    ``visible_fraction``; ``pc2``, the second component, small (SMALL_MAP_SIDE); and with
-    ``options.class_maps``, ``class_maps`` {"pred", "given"} (small, uint8), ``on_object``, the
-    share of each class map's mass inside the Eigen-CAM box (higher = the class's evidence is on
-    the dominant object), and ``given_evidence_box``, the box around the given class's strongest
-    evidence (where its Grad-CAM is at least EVIDENCE_THRESHOLD of its maximum) or None."""
+def explain_batch(model: AuditModel, images: torch.Tensor, batch: Batch, options: EvidenceOptions,
+                  given_indices: list[int | None]) -> list[ModelEvidence | None]:
+    """Per sample, its `ModelEvidence` (None where the image could not be read); the class maps,
+    their shares on the object and the given label's evidence box only with ``options.class_maps``."""
     images = images.to(model.device, non_blocking=True)
     logits, activations = model.forward(images)
     probabilities = torch.softmax(logits.float(), dim=1).cpu()
@@ -102,21 +132,18 @@ def explain_batch(model: AuditModel, images: torch.Tensor, batch: dict, options:
             continue
         width, height = int(batch["width"][row]), int(batch["height"][row])
         image_map, boxes = map_and_boxes(model, maps[row, 0], width, height, options.box_threshold, options.all_boxes)
-        result = {
-            "probabilities": probabilities[row],
-            "map": to_uint8(image_map),
-            "boxes": boxes,
-            "variance_ratio": [float(v) for v in variance_ratio[row]],
-            "visible_fraction": float(visible_fraction(model.preprocess.window(width, height), width, height)),
-            "pc2": to_uint8(small_map(model, maps[row, 1], width, height)),
-        }
+        result = ModelEvidence(
+            probabilities=probabilities[row], map=to_uint8(image_map), boxes=boxes,
+            variance_ratio=[float(v) for v in variance_ratio[row]],
+            visible_fraction=float(visible_fraction(model.preprocess.window(width, height), width, height)),
+            pc2=to_uint8(small_map(model, maps[row, 1], width, height)))
         if options.class_maps:
             small = {"pred": small_map(model, discriminative[row, 0], width, height)}
             if given_indices[row] is not None:
                 small["given"] = small_map(model, discriminative[row, 1], width, height)
-            result["class_maps"] = {name: to_uint8(m) for name, m in small.items()}
-            result["on_object"] = {name: share_inside(m, boxes[0]) for name, m in small.items()} if boxes else {}
-            result["given_evidence_box"] = _relative_box(small.get("given"), EVIDENCE_THRESHOLD)
+            result.class_maps = {name: to_uint8(m) for name, m in small.items()}
+            result.on_object = {name: share_inside(m, boxes[0]) for name, m in small.items()} if boxes else {}
+            result.given_evidence_box = _relative_box(small.get("given"), EVIDENCE_THRESHOLD)
         results.append(result)
     return results
 
@@ -225,34 +252,34 @@ def _largest(boxes: list[list[float]] | None) -> list[float] | None:
 # --- an ensemble over one batch --------------------------------------------------------------------
 
 
-def batch_evidence(models: list[AuditModel], batch: dict, given_indices: list[int | None],
-                   options: EvidenceOptions) -> list[dict | None]:
-    """Per sample (None where the image could not be read): ``results``, one `explain_batch` result
-    per model, and ``views``, per model the second opinions (empty for samples that need none).
+def batch_evidence(models: list[AuditModel], batch: Batch, given_indices: list[int | None],
+                   options: EvidenceOptions) -> list[SampleEvidence | None]:
+    """Per sample, its `SampleEvidence` (None where the image could not be read): one
+    `explain_batch` result per model, and per model the second opinions (none for samples not in doubt).
 
     Every model sees the same decoded images with its own preprocessing (``batch["images"]``, one
     tensor per model). Whether a sample needs a second opinion is decided on the ensemble's mean
     probabilities; crops are cut from the image decoded again here, for those samples only."""
     per_model = [explain_batch(model, images, batch, options, given_indices)
                  for model, images in zip(models, batch["images"])]
-    samples = [None if results[0] is None else {"results": list(results), "views": [{} for _ in models]}
+    samples = [None if results[0] is None else SampleEvidence(list(results), [{} for _ in models])
                for results in zip(*per_model)]
     if not options.second_opinion:
         return samples
     rows = [row for row, sample in enumerate(samples) if sample is not None and needs_second_opinion(
-        torch.stack([r["probabilities"] for r in sample["results"]]).mean(0), given_indices[row])]
+        torch.stack([r.probabilities for r in sample.results]).mean(0), given_indices[row])]
     if not rows:
         return samples
     min_side = max(model.preprocess.resize_short for model in models)
     pictures = {row: _decode_again(batch["filepath"][row], min_side) for row in rows}
     gt_boxes = {row: _largest(batch["gt_boxes"][row]) for row in rows} if batch.get("gt_boxes") else {}
     for index, (model, images) in enumerate(zip(models, batch["images"])):
-        results = {row: samples[row]["results"][index] for row in rows}
-        crops = {"object": {row: (result["boxes"] or [None])[0] for row, result in results.items()},
+        results = {row: samples[row].results[index] for row in rows}
+        crops = {"object": {row: (result.boxes or [None])[0] for row, result in results.items()},
                  "gt_box": gt_boxes,
-                 "given_evidence": {row: result.get("given_evidence_box") for row, result in results.items()}}
+                 "given_evidence": {row: result.given_evidence_box for row, result in results.items()}}
         for row, views in view_probabilities(model, images, rows, pictures, crops).items():
-            samples[row]["views"][index] = views
+            samples[row].views[index] = views
     return samples
 
 
@@ -282,18 +309,18 @@ def distribution_signals(probabilities: torch.Tensor, given_index: int | None, c
     return signals
 
 
-def agreement_signals(results: list[dict], ensemble_top: int) -> dict:
+def agreement_signals(results: list[ModelEvidence], ensemble_top: int) -> dict:
     """How far an ensemble's members agree: ``models_agree``, the share whose top-1 is the
     ensemble's (1 = all); ``box_iou``, the mean IoU of their Eigen-CAM boxes over pairs of models
     (1 = they single out the same object, 0 = different objects or a model without a box)."""
-    boxes = [(r["boxes"] or [None])[0] for r in results]
+    boxes = [(r.boxes or [None])[0] for r in results]
     pairs = [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:]]
     ious = [0.0 if a is None or b is None else float(box_iou(to_corners(a), [to_corners(b)])[0]) for a, b in pairs]
-    agree = [int(r["probabilities"].argmax()) == ensemble_top for r in results]
+    agree = [int(r.probabilities.argmax()) == ensemble_top for r in results]
     return {"models_agree": sum(agree) / len(agree), "box_iou": sum(ious) / len(ious) if ious else 1.0}
 
 
-def sample_signals(models: list[AuditModel], sample: dict, given_label: str | None,
+def sample_signals(models: list[AuditModel], sample: SampleEvidence, given_label: str | None,
                    given_index: int | None) -> dict:
     """What the scoring reads (``audit_signals``): the prediction (the ensemble's mean probability
     when several models), its top classes (``top_labels``/``top_probs``: 5; ``top``: DISTRIBUTION_TOP_K
@@ -302,8 +329,8 @@ def sample_signals(models: list[AuditModel], sample: dict, given_label: str | No
     (``views``, averaged over the models), from which the scoring forms its consensus; with several
     models, each model's own standing (``models``) and their agreement."""
     classes = models[0].classes
-    results, first = sample["results"], sample["results"][0]
-    probabilities = torch.stack([r["probabilities"] for r in results]).mean(0)
+    results, first = sample.results, sample.results[0]
+    probabilities = torch.stack([r.probabilities for r in results]).mean(0)
     top_probs, top_indices = probabilities.topk(TOP_K)
     whole = distribution_signals(probabilities, given_index, classes)
     signals = {
@@ -312,23 +339,23 @@ def sample_signals(models: list[AuditModel], sample: dict, given_label: str | No
         "given_label": given_label, "given_index": given_index, "top": whole["top"],
         "given_class": None if given_index is None else classes[given_index],
         **{k: whole[k] for k in ("given_prob", "max_other_prob", "given_rank") if k in whole},
-        "cam_variance_ratio": first["variance_ratio"], "visible_fraction": first["visible_fraction"],
-        "cam_box_area": first["boxes"][0][2] * first["boxes"][0][3] if first["boxes"] else 0.0,
+        "cam_variance_ratio": first.variance_ratio, "visible_fraction": first.visible_fraction,
+        "cam_box_area": first.boxes[0][2] * first.boxes[0][3] if first.boxes else 0.0,
     }
-    if first.get("on_object"):
-        signals["class_map_on_object"] = first["on_object"]
-    views = {name: torch.stack([v[name] for v in sample["views"] if name in v]).mean(0)
-             for name in VIEWS if any(name in v for v in sample["views"])}
+    if first.on_object:
+        signals["class_map_on_object"] = first.on_object
+    views = {name: torch.stack([v[name] for v in sample.views if name in v]).mean(0)
+             for name in VIEWS if any(name in v for v in sample.views)}
     if views:
         signals["views"] = {name: distribution_signals(p, given_index, classes) for name, p in views.items()}
     if len(models) > 1:
-        signals["models"] = {field_suffix(m): distribution_signals(r["probabilities"], given_index, classes)
+        signals["models"] = {field_suffix(m): distribution_signals(r.probabilities, given_index, classes)
                              for m, r in zip(models, results)}
         signals.update(agreement_signals(results, whole["top_index"]))
     return signals
 
 
-def sample_fields(models: list[AuditModel], sample: dict, given_label: str | None, given_index: int | None,
+def sample_fields(models: list[AuditModel], sample: SampleEvidence, given_label: str | None, given_index: int | None,
                   map_paths: list[Path]) -> dict:
     """The FiftyOne fields of one scanned sample: ``predictions`` (the ensemble's when several
     models), ``eigencam`` (a PNG at ``map_paths[0]``), ``eigencam_box``, ``eigencam_pc2`` and the
@@ -336,7 +363,7 @@ def sample_fields(models: list[AuditModel], sample: dict, given_label: str | Non
     ``audit_signals``; with several models, per other model ``eigencam_<model>`` and
     ``eigencam_box_<model>``, and per model ``predictions_<model>``."""
     signals = sample_signals(models, sample, given_label, given_index)
-    results = sample["results"]
+    results = sample.results
     fields = {
         names.PREDICTIONS: db.fo.Classification(label=signals["pred_label"], confidence=signals["pred_prob"]),
         names.SIGNALS: signals,
@@ -344,14 +371,14 @@ def sample_fields(models: list[AuditModel], sample: dict, given_label: str | Non
         **_map_fields(results[0], map_paths[0], ""),
     }
     first = results[0]
-    fields[names.EIGENCAM_PC2] = db.fo.Heatmap(map=first["pc2"], range=[0, 255])
-    for name, field in (("pred", names.GRADCAM_PRED), ("given", names.GRADCAM_GIVEN)):
-        small = first.get("class_maps", {}).get(name)
-        fields[field] = None if small is None else db.fo.Heatmap(map=small, range=[0, 255])
+    fields[names.EIGENCAM_PC2] = db.fo.Heatmap(map=first.pc2, range=[0, 255])
+    for name, map_field in (("pred", names.GRADCAM_PRED), ("given", names.GRADCAM_GIVEN)):
+        small = first.class_maps.get(name)
+        fields[map_field] = None if small is None else db.fo.Heatmap(map=small, range=[0, 255])
     if len(models) > 1:
         for index, (model, result) in enumerate(zip(models, results)):
             suffix = field_suffix(model)
-            top = distribution_signals(result["probabilities"], None, model.classes)
+            top = distribution_signals(result.probabilities, None, model.classes)
             fields[f"{names.PREDICTIONS}_{suffix}"] = db.fo.Classification(label=top["top_label"], confidence=top["top_prob"])
             if index:
                 fields.update(_map_fields(result, map_paths[index], f"_{suffix}"))
@@ -368,7 +395,7 @@ def model_field_names(models: list[AuditModel]) -> list[str]:
         [f"{name}_{suffix}" for suffix in suffixes[1:] for name in (names.EIGENCAM, names.EIGENCAM_BOX)]
 
 
-def _map_fields(result: dict, map_path: Path, suffix: str) -> dict:
-    detections = [db.fo.Detection(label="eigencam", bounding_box=box) for box in result["boxes"]]
+def _map_fields(result: ModelEvidence, map_path: Path, suffix: str) -> dict:
+    detections = [db.fo.Detection(label="eigencam", bounding_box=box) for box in result.boxes]
     return {names.EIGENCAM + suffix: db.fo.Heatmap(map_path=str(map_path), range=[0, 255]),
             names.EIGENCAM_BOX + suffix: db.fo.Detections(detections=detections)}

@@ -309,8 +309,8 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
                         writer.add(sample_id, {**error_fields(batch["error"][row], models), **cleared})
                         continue
                     paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in suffixes]
-                    written = [png_writer.submit(write_map, path, result["map"])
-                               for path, result in zip(paths, sample["results"])]
+                    written = [png_writer.submit(write_map, path, result.map)
+                               for path, result in zip(paths, sample.results)]
                     fields = sample_fields(models, sample, given_labels[row], given_indices[row], paths)
                     writer.add(sample_id, {**fields, **cleared}, written)
                 if progress:

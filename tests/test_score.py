@@ -3,11 +3,12 @@ The signals are made by the scan's own code (`audit.evidence.sample_signals`) fr
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from audit.data.classes import imagenet_names
-from audit.evidence import sample_signals
+from audit.evidence import ModelEvidence, SampleEvidence, sample_signals
 from audit.score import consensus, for_new_label, judge
 
 NAMES = imagenet_names()
@@ -31,8 +32,9 @@ def signals():
     imagenet_classifier = SimpleNamespace(name="efficientnet_lite0", classes=NAMES)
 
     def make(given: int, whole: torch.Tensor, boxes=(), **views: torch.Tensor) -> dict:
-        result = {"probabilities": whole, "boxes": list(boxes), "variance_ratio": [0.6, 0.05], "visible_fraction": 1.0}
-        return sample_signals([imagenet_classifier], {"results": [result], "views": [views]}, NAMES[given], given)
+        result = ModelEvidence(probabilities=whole, map=np.zeros((1, 1), np.uint8), boxes=list(boxes),
+                               variance_ratio=[0.6, 0.05], visible_fraction=1.0, pc2=np.zeros((1, 1), np.uint8))
+        return sample_signals([imagenet_classifier], SampleEvidence([result], [views]), NAMES[given], given)
 
     return make
 
