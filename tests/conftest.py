@@ -33,3 +33,16 @@ def embedded_model():
     from audit.models.registry import load_model
 
     return load_model("efficientnet_lite0", device="cpu")
+
+
+def scan_sample(name: str):
+    """The sample photos scanned (in this process) into a dataset of their own, so that a test module
+    may change it while other modules keep theirs untouched; returns the dataset."""
+    from typer.testing import CliRunner
+
+    from audit import db
+    from audit.cli import app
+
+    result = CliRunner().invoke(app, ["scan", "sample", "--name", name, "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    return db.load_dataset(name)

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from audit import db
 from audit.cli import app
 
-from conftest import REPO
+from conftest import REPO, scan_sample
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -55,9 +55,7 @@ def keep(screenshot: Path) -> None:
 
 @pytest.fixture(scope="module")
 def dataset():
-    result = runner.invoke(app, ["scan", "sample", "--name", NAME, "--workers", "0"])
-    assert result.exit_code == 0, result.output
-    return db.load_dataset(NAME)
+    return scan_sample(NAME)
 
 
 @pytest.fixture(scope="module")

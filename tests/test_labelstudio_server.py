@@ -21,6 +21,8 @@ from audit import db
 from audit.cli import app
 from audit.labelstudio import LABEL_STUDIO_CONFIG
 
+from conftest import scan_sample
+
 LABEL_STUDIO = os.environ.get("AUDIT_LABEL_STUDIO")
 pytestmark = pytest.mark.skipif(not LABEL_STUDIO, reason="AUDIT_LABEL_STUDIO names no label-studio program")
 runner = CliRunner()
@@ -52,7 +54,7 @@ class LabelStudio:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("labelstudio")
-    assert runner.invoke(app, ["scan", "sample", "--name", NAME, "--workers", "0"]).exit_code == 0
+    scan_sample(NAME)
     result = runner.invoke(app, ["export", NAME, "--out", str(folder / "tasks.json"), "--format", "labelstudio"])
     assert result.exit_code == 0, result.output
     said = next(line for line in result.stderr.splitlines() if line.startswith("Label Studio:"))

@@ -7,8 +7,9 @@ from typer.testing import CliRunner
 
 from audit import db
 from audit.app import PLUGINS_DIR
-from audit.cli import app
 from audit.lock import ScanLock
+
+from conftest import scan_sample
 
 runner = CliRunner()
 NAME = "plugin-errors"
@@ -16,9 +17,7 @@ NAME = "plugin-errors"
 
 @pytest.fixture(scope="module")
 def dataset():
-    result = runner.invoke(app, ["scan", "sample", "--name", NAME, "--workers", "0"])
-    assert result.exit_code == 0, result.output
-    return db.load_dataset(NAME)
+    return scan_sample(NAME)
 
 
 @pytest.fixture

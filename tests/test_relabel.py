@@ -13,15 +13,15 @@ from audit import db, names
 from audit.cli import app
 from audit.relabel import RelabelError, mark_samples, relabel_from_file
 
+from conftest import scan_sample
+
 runner = CliRunner()
 NAME = "relabel-sample"  # its own copy of the sample photos: other tests keep theirs untouched
 
 
 @pytest.fixture(scope="module")
 def dataset():
-    result = runner.invoke(app, ["scan", "sample", "--name", NAME, "--workers", "0"])
-    assert result.exit_code == 0, result.output
-    return db.load_dataset(NAME)
+    return scan_sample(NAME)
 
 
 def label_of(dataset, filename: str):

@@ -10,15 +10,15 @@ from audit import db, names
 from audit.cli import app
 from audit.report import build_report, summary_figures
 
+from conftest import scan_sample
+
 runner = CliRunner()
 NAME = "report-sample"
 
 
 @pytest.fixture(scope="module")
 def dataset():
-    result = runner.invoke(app, ["scan", "sample", "--name", NAME, "--workers", "0"])
-    assert result.exit_code == 0, result.output
-    return db.load_dataset(NAME)
+    return scan_sample(NAME)
 
 
 def test_report_is_self_contained_small_and_ranked(dataset, tmp_path):
