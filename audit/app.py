@@ -17,7 +17,6 @@ from audit import db, names, settings
 
 PLUGINS_DIR = settings.PACKAGE_DIR.parent / "plugins"
 PLUGIN_NAME = "@audit/audit"
-DEFAULT_ADDRESS = "127.0.0.1"
 
 # Colours chosen to read over photos and apart from each other. Coloured by field, FiftyOne paints a
 # heatmap in its field's colour with the opacity growing with the value: the Eigen-CAM map is a red
@@ -126,7 +125,7 @@ def slugify(name: str) -> str:
     return to_slug(name)
 
 
-def launch(dataset, view: str | None = None, port: int | None = None, address: str = DEFAULT_ADDRESS):
+def launch(dataset, view: str | None = None, port: int | None = None, address: str = settings.DEFAULT_APP_ADDRESS):
     """Start the App server on ``address:port`` with the dataset and the chosen saved view; returns
     (session, url, warnings). The caller waits (``serve``) or closes the session."""
     fo = db.fo

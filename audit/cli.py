@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.table import Table
 from rich.text import Text
 
-from audit import names
+from audit import names, settings
 from audit.errors import AuditError, OptionError
 
 app = typer.Typer(help="Find label errors and classifier failures in image datasets (Eigen-CAM + FiftyOne).",
@@ -89,7 +89,7 @@ def scan(
     weights: Annotated[Optional[Path], typer.Option(help="Local state dict (.pth/.safetensors) for the model.")] = None,
     layer: Annotated[Optional[str], typer.Option(help="Module to explain (default: the last spatial feature map).")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int, typer.Option(min=1)] = settings.DEFAULT_BATCH_SIZE,
     workers: Annotated[Optional[int], typer.Option(
         min=0, help="Decoding processes (default: cores - 1 on a GPU, a core in four on a CPU).")] = None,
     amp: Annotated[Optional[bool], typer.Option(
@@ -103,7 +103,7 @@ def scan(
     all_boxes: Annotated[bool, typer.Option(
         help="A box for every large Eigen-CAM segment (several objects), not only the largest.")] = False,
     labels: Annotated[Optional[Path], typer.Option(help="folder: CSV (filepath,label) for a flat folder.")] = None,
-    label_field: Annotated[str, typer.Option(help="fiftyone: the field holding the labels.")] = "ground_truth",
+    label_field: Annotated[str, typer.Option(help="fiftyone: the field holding the labels.")] = names.GROUND_TRUTH,
     layout: Annotated[Optional[str], typer.Option(help="imagenet-val: force a layout (archives | extracted | kaggle | folders).")] = None,
     boxes: Annotated[Optional[Path], typer.Option(
         help="imagenet-val: the folder of the box files (<image>.xml), if not found under --root.")] = None,
@@ -440,7 +440,7 @@ def app_command(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
     view: Annotated[Optional[str], typer.Option(help="Saved view to open (default: audit-flagged).")] = None,
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default: FiftyOne's, 5151).")] = None,
-    address: Annotated[str, typer.Option(help="Address to serve on; 0.0.0.0 exposes the App to the network.")] = "127.0.0.1",
+    address: Annotated[str, typer.Option(help="Address to serve on; 0.0.0.0 exposes the App to the network.")] = settings.DEFAULT_APP_ADDRESS,
 ) -> None:
     """Open the FiftyOne App on the flagged samples, with the audit plugin; runs until Ctrl-C.
 

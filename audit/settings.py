@@ -13,6 +13,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 SAMPLE_DATA_DIR = PACKAGE_DIR.parent / "sample_data"
 
 DEFAULT_BATCH_SIZE = 32
+DEFAULT_APP_ADDRESS = "127.0.0.1"  # the App serves this machine only unless told otherwise
 MAP_MAX_SIDE = 224  # heatmap files are stored at most this many pixels on their longer side
 SMALL_MAP_SIDE = 64  # the second component and the class maps are stored inline, this small
 FLUSH_EVERY_SAMPLES = int(os.environ.get("AUDIT_FLUSH_EVERY", 256))  # bulk writes to the database at least this often
