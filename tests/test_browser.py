@@ -155,9 +155,8 @@ def test_app_lists_the_flagged_samples_and_offers_the_operators(dataset, browser
         keep(tmp_path / "app-modal.png")
         page.keyboard.press("`")
         page.keyboard.type("mark selected as relabel")
-        page.get_by_text(OPERATORS[1], exact=True).wait_for(timeout=30_000)
-        page.keyboard.press("Enter")
-        page.get_by_text("Corrected label").wait_for(timeout=30_000)
+        page.get_by_text(OPERATORS[1], exact=True).click(timeout=30_000)  # this one, whatever is highlighted
+        page.get_by_text("Corrected label").wait_for(timeout=60_000)
         assert page.locator(f"input[value='{top.suggested_label}']").count() == 1
         expect(page.get_by_role("button", name="Execute")).to_be_enabled(timeout=30_000)
         page.screenshot(path=tmp_path / "app-mark-relabel.png")
