@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from audit.errors import AuditError
 from audit import db, names, settings
+from audit.errors import AuditError
 
 PLUGINS_DIR = settings.PACKAGE_DIR.parent / "plugins"
 PLUGIN_NAME = "@audit/audit"

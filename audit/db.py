@@ -6,8 +6,8 @@ import os
 import re
 from pathlib import Path
 
-from audit.errors import AuditError
 from audit import names, settings  # (also sets FiftyOne's environment before it is imported)
+from audit.errors import AuditError
 
 import fiftyone as fo
 from fiftyone import ViewField as F

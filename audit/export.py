@@ -9,8 +9,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from audit.errors import AuditError
 from audit import names
+from audit.errors import AuditError
 from audit.labelstudio import LabelStudioFolders, labelstudio_folders, labelstudio_tasks
 from audit.outfile import atomic_output, check_output
 from audit.triage import ranked_rows

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from audit.errors import AuditError
 from audit import db, names
+from audit.errors import AuditError
 from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.labelstudio import labelstudio_answer
 from audit.triage import rescore

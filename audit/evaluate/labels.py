@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from audit.errors import AuditError
 from audit import names
+from audit.errors import AuditError
 from audit.score import CONFIDENT, judge, normalised_margin_score
 
 PRECISION_AT = (10, 25, 50)
