@@ -12,6 +12,7 @@ from audit.errors import AuditError
 import fiftyone as fo
 from fiftyone import ViewField as F
 
+
 class DatasetError(AuditError):
     """A dataset is missing or cannot be used; the message is one line."""
 
