@@ -200,8 +200,9 @@ def needs_second_opinion(probabilities: torch.Tensor, given_index: int | None) -
     label, or leads the best other class by less than SECOND_OPINION_MARGIN."""
     if given_index is None:
         return False
-    standing = distribution_signals(probabilities, given_index, range(len(probabilities)))
-    return normalised_margin(standing["given_prob"], standing["max_other_prob"]) < SECOND_OPINION_MARGIN
+    others = probabilities.clone()
+    others[given_index] = -1.0
+    return bool(normalised_margin(probabilities[given_index], others.max()) < SECOND_OPINION_MARGIN)
 
 
 def crop_relative(image: Image.Image, box: list[float], pad: float = CROP_PAD) -> Image.Image:
@@ -331,11 +332,10 @@ def sample_signals(models: list[AuditModel], sample: SampleEvidence, given_label
     classes = models[0].classes
     results, first = sample.results, sample.results[0]
     probabilities = torch.stack([r.probabilities for r in results]).mean(0)
-    top_probs, top_indices = probabilities.topk(TOP_K)
     whole = distribution_signals(probabilities, given_index, classes)
     signals = {
         "pred_index": whole["top_index"], "pred_label": whole["top_label"], "pred_prob": whole["top_prob"],
-        "top_labels": [classes[i] for i in top_indices.tolist()], "top_probs": [float(p) for p in top_probs],
+        "top_labels": [label for label, _ in whole["top"][:TOP_K]], "top_probs": [p for _, p in whole["top"][:TOP_K]],
         "given_label": given_label, "given_index": given_index, "top": whole["top"],
         "given_class": None if given_index is None else classes[given_index],
         **{k: whole[k] for k in ("given_prob", "max_other_prob", "given_rank") if k in whole},
