@@ -303,11 +303,14 @@ def eval_loc(
 @command
 def eval_labels(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
-    truth: Annotated[Path, typer.Option(help="Verified labels, like verified_labels.csv (ImageId, verdict).")],
+    truth: Annotated[Path, typer.Option(help=(
+        "Human verdicts: ImageId,verdict (verified_labels.csv; verified_labels_real.csv, with ReaL's "
+        "multi-label images from real_labels.csv beside it) or filepath,label_error[,multi_label] (truth_*.csv)."))],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """How well mislabel_score ranks verified label errors first (AUROC, average precision,
-    precision at 10/25/50), beside the probability-only baselines of the same scan."""
+    precision at 10/25/50), beside the probability-only baselines of the same scan; how often the
+    suggested label is the humans' fix; how well `ambiguous` finds multi-label images."""
     from audit import db
     from audit.evaluate.labels import evaluate_labels
 
@@ -344,6 +347,20 @@ def eval_labels(
             if rule not in ("n", "n_errors"):
                 table.add_row(rule, f"{value:.3f}")
         out.print(table)
+    fixes = report["suggestions"]
+    if fixes["n"]:
+        out.print(f"the humans' label, among the {fixes['n']} label errors they gave one for: suggested_label "
+                  f"{fixes['suggested_label']} (offered for {fixes['offered']}), the model's top-1 {fixes['model_top1']}",
+                  highlight=False)
+    several = report.get("ambiguous")
+    if several:
+        table = Table("flagged as", "precision", "recall", title=f"{several['multi_label']} multi-label images: "
+                                                                  f"{several['flagged']} flagged ambiguous")
+        for rule in ("ambiguous", "top-1 margin alone"):
+            table.add_row(rule, f"{several[rule]['precision']:.2f}", f"{several[rule]['recall']:.2f}")
+        out.print(table)
+        signals = ", ".join(f"{name} {auroc:.3f}" for name, auroc in several.get("signals", {}).items())
+        out.print(f"AUROC for multi-label images: {signals}", highlight=False)
 
 
 @app.command()

@@ -40,7 +40,7 @@ CROP_PAD = 0.1  # a crop for a second opinion is grown by this share of the box 
 SECOND_OPINION_MARGIN = 0.2
 # The given label's evidence region: where its Grad-CAM is at least this share of its maximum.
 EVIDENCE_THRESHOLD = 0.5
-VIEWS = ("flip", "object", "gt_box", "given_evidence")
+VIEWS = ("flip", "object", "gt_box", "given_evidence", "second_object")
 # Classes kept of each distribution (the whole image, each view): enough for the scoring to average
 # the views itself (`audit.score.consensus`), so that ``audit rank --rescore`` can change how.
 DISTRIBUTION_TOP_K = 10
@@ -71,6 +71,7 @@ class ModelEvidence:
     class_maps: dict[str, np.ndarray] = field(default_factory=dict)  # "pred"/"given": Grad-CAM, small, uint8
     on_object: dict[str, float] = field(default_factory=dict)  # share of each class map inside the first box
     given_evidence_box: list[float] | None = None  # where the given class's Grad-CAM is >= EVIDENCE_THRESHOLD
+    second_object_box: list[float] | None = None  # the largest segment of the second component (a second object?)
 
 
 @dataclass
@@ -132,11 +133,12 @@ def explain_batch(model: AuditModel, images: torch.Tensor, batch: Batch, options
             continue
         width, height = int(batch["width"][row]), int(batch["height"][row])
         image_map, boxes = map_and_boxes(model, maps[row, 0], width, height, options.box_threshold, options.all_boxes)
+        pc2 = small_map(model, maps[row, 1], width, height)
         result = ModelEvidence(
             probabilities=probabilities[row], map=to_uint8(image_map), boxes=boxes,
             variance_ratio=[float(v) for v in variance_ratio[row]],
             visible_fraction=float(visible_fraction(model.preprocess.window(width, height), width, height)),
-            pc2=to_uint8(small_map(model, maps[row, 1], width, height)))
+            pc2=to_uint8(pc2), second_object_box=_relative_box(pc2, options.box_threshold))
         if options.class_maps:
             small = {"pred": small_map(model, discriminative[row, 0], width, height)}
             if given_indices[row] is not None:
@@ -222,8 +224,9 @@ def view_probabilities(model: AuditModel, images: torch.Tensor, rows: list[int],
     mirrored model input (``flip``: is the decision stable?) and of crops of the image, cut from
     ``pictures`` (row -> decoded PIL image) at the relative boxes of ``crops`` (view name -> row ->
     box or None): the Eigen-CAM box (``object``: what is the dominant object?), the largest
-    ground-truth box (``gt_box``: what is the annotated object?) and the given label's evidence
-    region (``given_evidence``: is the labelled object there, only out-shone by another?). Run in
+    ground-truth box (``gt_box``: what is the annotated object?), the given label's evidence
+    region (``given_evidence``: is the labelled object there, only out-shone by another?) and the
+    second component's box (``second_object``: which class is a second object?). Run in
     chunks of the batch's size, so memory stays that of a batch."""
     inputs, owners = [], []
     for row in rows:
@@ -278,7 +281,8 @@ def batch_evidence(models: list[AuditModel], batch: Batch, given_indices: list[i
         results = {row: samples[row].results[index] for row in rows}
         crops = {"object": {row: (result.boxes or [None])[0] for row, result in results.items()},
                  "gt_box": gt_boxes,
-                 "given_evidence": {row: result.given_evidence_box for row, result in results.items()}}
+                 "given_evidence": {row: result.given_evidence_box for row, result in results.items()},
+                 "second_object": {row: result.second_object_box for row, result in results.items()}}
         for row, views in view_probabilities(model, images, rows, pictures, crops).items():
             samples[row].views[index] = views
     return samples

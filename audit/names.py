@@ -14,7 +14,8 @@ GRADCAM_GIVEN = "gradcam_given"  # Grad-CAM of the given label
 SIGNALS = "audit_signals"
 SCORE = "mislabel_score"
 CATEGORY = "category"
-REASONS = "reasons"
+REASONS = "reasons"  # every reason, the decisive one first
+WHY = "why"  # the decisive reason in a few words, shown on the App's tiles
 SUGGESTED = "suggested_label"
 ERROR = "audit_error"
 DONE = "audit_done"  # the scan key of the settings the sample was scanned with; written last
@@ -40,7 +41,10 @@ OK = "ok"
 ERROR_CATEGORY = "error"  # the sample could not be read
 CATEGORIES = (SUSPECTED_MISLABEL, CLASSIFIER_FAILURE, AMBIGUOUS, BAD_BOX, OK, ERROR_CATEGORY)
 FLAGGED_TAG = "audit-flagged"
-FLAGGED_VIEW = "audit-flagged"
+FLAGGED_VIEW = "audit-flagged"  # highest mislabel_score first (as `audit rank` and `audit export`)
+REVIEW_VIEW = "audit-review"  # in REVIEW_ORDER, each category highest mislabel_score first: the App opens on it
+# The order a reviewer works in: likely label errors first, then what needs a look, then the model's failures.
+REVIEW_ORDER = (SUSPECTED_MISLABEL, AMBIGUOUS, CLASSIFIER_FAILURE, BAD_BOX, ERROR_CATEGORY)
 # A tag and a saved view of the same name per flagged category.
 CATEGORY_VIEWS = {SUSPECTED_MISLABEL: "audit-mislabels", CLASSIFIER_FAILURE: "audit-failures",
                   AMBIGUOUS: "audit-ambiguous", BAD_BOX: "audit-bad-boxes"}

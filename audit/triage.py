@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from audit import db, names
-from audit.data.classes import resolve_imagenet_label
+from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.score import THRESHOLDS, for_new_label, judge
 
 
@@ -22,17 +22,19 @@ class ScoringSummary:
 
 def rescore(dataset, sample_ids: list[str] | None = None) -> ScoringSummary:
     """Judge every scanned sample (or those of ``sample_ids``) from its stored signals, write
-    category, mislabel_score, reasons and suggested_label in bulk, and re-sync tags and saved views.
+    category, mislabel_score, reasons, why and suggested_label in bulk, and re-sync tags and saved views.
     A sample relabelled since its scan is judged for its new label (`audit.score.for_new_label`)."""
     view = dataset.exists(names.SIGNALS)
     if sample_ids is not None:
         view = view.select(sample_ids)
     ids, signals, labels = view.values(["id", names.SIGNALS, f"{db.label_field(dataset)}.label"])
     signals = [_for_current_label(s, label) for s, label in zip(signals, labels)]
-    verdicts = [judge(s) for s in signals]
+    classes = label_set(dataset._root_dataset)
+    verdicts = [judge(s, label_set=classes) for s in signals]
     for field, values in ((names.CATEGORY, [v.category for v in verdicts]),
-                          (names.SCORE, [v.mislabel_score for v in verdicts]),
+                          (names.SCORE, [_shown(v.mislabel_score) for v in verdicts]),
                           (names.REASONS, [v.reasons for v in verdicts]),
+                          (names.WHY, [v.why for v in verdicts]),
                           (names.SUGGESTED, [v.suggested_label for v in verdicts])):
         view.set_values(field, dict(zip(ids, values)), key_field="id")
     db.sync_flags(dataset._root_dataset)
@@ -41,6 +43,32 @@ def rescore(dataset, sample_ids: list[str] | None = None) -> ScoringSummary:
     labelled = [s for s in signals if s.get("given_index") is not None]
     agreement = sum(s["pred_index"] == s["given_index"] for s in labelled) / len(labelled) if labelled else None
     return ScoringSummary(dict(counts), agreement, len(labelled))
+
+
+def _shown(score: float | None) -> float | None:
+    """The score as stored: four decimals, as many as a reviewer can read (and ranks need)."""
+    return None if score is None else round(score, 4)
+
+
+# Sources labelled in the model's own classes (ImageNet's 1000): a suggestion may name any of them.
+MODEL_LABEL_SET_SOURCES = ("imagenet-val", "sample")
+
+
+def label_set(dataset) -> frozenset[str] | None:
+    """The classes a suggested label may name, as the model names them: None (any of the model's)
+    for the ImageNet sources; else the classes the dataset declares for its label field
+    (``dataset.classes`` or ``default_classes``), or failing that the labels it uses."""
+    if db.audit_info(dataset).get("source") in MODEL_LABEL_SET_SOURCES:
+        return None
+    field = db.label_field(dataset)
+    declared = dataset.classes.get(field) or dataset.default_classes
+    used = declared or (dataset.distinct(f"{field}.label") if dataset.has_sample_field(field) else [])
+    return frozenset(_model_name(label) for label in used if label)
+
+
+def _model_name(label: str) -> str:
+    index = resolve_imagenet_label(label)
+    return label if index is None else imagenet_names()[index]
 
 
 def _for_current_label(signals: dict, label: str | None) -> dict:

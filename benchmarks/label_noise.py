@@ -29,12 +29,12 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audit.data.classes import resolve_imagenet_label  # noqa: E402
-from audit.evaluate.labels import BASELINES, ranking_figures  # noqa: E402
+from audit.evaluate.labels import BASELINES, balanced_accuracy, ranking_figures  # noqa: E402
 from audit.evidence import EvidenceOptions, batch_evidence, sample_signals  # noqa: E402
 from audit.images import open_rgb  # noqa: E402
 from audit.models.registry import PRESETS, load_model  # noqa: E402
-from audit.names import DEFAULT_MODEL  # noqa: E402
-from audit.score import judge  # noqa: E402
+from audit.names import DEFAULT_MODEL, SUSPECTED_MISLABEL  # noqa: E402
+from audit.score import CONFIDENT, judge  # noqa: E402
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 NOISE_LEVELS = (0.05, 0.10, 0.20)
@@ -96,6 +96,17 @@ def figures_for(signals: list[dict], flipped: np.ndarray) -> dict[str, dict]:
     return {name: ranking_figures(flipped, np.array(scores)) for name, scores in rankings.items()}
 
 
+def separation_for(signals: list[dict], flipped: np.ndarray) -> tuple[int, float, float]:
+    """Among the samples the model misclassifies under the noisy labels: how many, and how well the
+    category (``suspected_mislabel`` = flipped) and a confidence threshold at CONFIDENT tell the
+    flipped labels from the classifier's failures, as balanced accuracy (0.5 = chance)."""
+    rows = [i for i, s in enumerate(signals) if s["pred_index"] != s["given_index"]]
+    truth = flipped[rows]
+    category = np.array([judge(signals[i]).category == SUSPECTED_MISLABEL for i in rows])
+    confident = np.array([signals[i]["pred_prob"] >= CONFIDENT for i in rows])
+    return len(rows), balanced_accuracy(truth, category), balanced_accuracy(truth, confident)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="use the first N images")
@@ -111,6 +122,8 @@ def main() -> None:
     table = Table(title=f"label noise on {len(paths)} ImageNet images ({' + '.join(names)}, seed {args.seed})")
     for column in ("noise", "ranking", "AUROC", "AP", "P@50"):
         table.add_column(column, justify="left" if column in ("noise", "ranking") else "right")
+    split = Table("noise", "misclassified", "category", f"confidence >= {CONFIDENT}",
+                  title="flipped label vs classifier failure among the misclassified (balanced accuracy)")
     for fraction in NOISE_LEVELS:
         given, flipped = flip_labels(true, probabilities, fraction, args.seed)
         signals = signals_for(models, paths, given, f"noise {fraction:.0%}")
@@ -118,7 +131,10 @@ def main() -> None:
             table.add_row(f"{fraction:.0%}", name, f"{figures['auroc']:.3f}", f"{figures['average_precision']:.3f}",
                           f"{figures['precision_at'].get('50', float('nan')):.2f}")
         table.add_section()
+        count, by_category, by_confidence = separation_for(signals, flipped)
+        split.add_row(f"{fraction:.0%}", str(count), f"{by_category:.3f}", f"{by_confidence:.3f}")
     Console(width=120).print(table)
+    Console(width=120).print(split)
 
 
 if __name__ == "__main__":

@@ -64,3 +64,34 @@ def test_eval_labels_with_a_file_that_names_no_sample_is_one_line(scanned, tmp_p
     truth.write_text("ImageId,verdict\nsomething_else,label_ok\n")
     result = runner.invoke(app, ["eval-labels", "eval-fixture", "--truth", str(truth)])
     assert result.exit_code == 1 and "no sample" in result.stderr
+
+
+def test_eval_labels_scores_the_suggestion_against_the_humans_label(scanned, tmp_path):
+    # The humans' label for the astronaut photo is, here, the model's own top-1: the baseline gets it right.
+    filepaths, signals = fo.load_dataset("eval-fixture").values(["filepath", "audit_signals"])
+    top1 = next(s["pred_label"] for f, s in zip(filepaths, signals) if Path(f).stem == "ILSVRC2012_val_00000003")
+    truth = tmp_path / "verified.csv"
+    truth.write_text(f"ImageId,guessed_wnid,verdict\nILSVRC2012_val_00000003,{top1},label_error_guessed\n")
+    report = json.loads(runner.invoke(app, ["eval-labels", "eval-fixture", "--truth", str(truth), "--json"]).stdout)
+    assert report["suggestions"]["n"] == 1 and report["suggestions"]["model_top1"] == 1
+    assert "ambiguous" not in report  # this file names no multi-label images
+
+
+def test_eval_labels_reads_a_filepath_truth_with_multi_label_images(scanned, tmp_path):
+    # imagenette's layout: only the listed images are judged; the coffee photo (cup, saucer, spoon) is multi-label.
+    truth = tmp_path / "truth_real.csv"
+    truth.write_text("filepath,label_error,multi_label\n"
+                     "val/ILSVRC2012_val_00000003.JPEG,1,0\nval/ILSVRC2012_val_00000002.JPEG,0,1\n"
+                     "val/ILSVRC2012_val_00000001.JPEG,0,0\n")
+    result = runner.invoke(app, ["eval-labels", "eval-fixture", "--truth", str(truth)])
+    assert result.exit_code == 0, result.output
+    assert "1 multi-label images" in result.stdout and "top-1 margin alone" in result.stdout
+    report = json.loads(runner.invoke(app, ["eval-labels", "eval-fixture", "--truth", str(truth), "--json"]).stdout)
+    assert (report["n"], report["n_errors"]) == (3, 1)
+    several = report["ambiguous"]
+    assert several["multi_label"] == 1 and set(several["signals"]) == {"second component's share",
+                                                                       "close call (1 - top-1 margin)"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("filepath,label_error\nval/ILSVRC2012_val_00000003.JPEG,maybe\n")
+    result = runner.invoke(app, ["eval-labels", "eval-fixture", "--truth", str(bad)])
+    assert result.exit_code == 1 and "label_error must be 0 or 1" in result.stderr

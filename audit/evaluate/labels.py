@@ -4,7 +4,6 @@ verified candidates into label errors and classifier failures."""
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from pathlib import Path
 
@@ -12,27 +11,11 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from audit import names
-from audit.errors import AuditError
+from audit.data.classes import resolve_imagenet_label
+from audit.evaluate.truth import Truth, TruthError, read_truth
 from audit.score import CONFIDENT, judge, normalised_margin_score
 
 PRECISION_AT = (10, 25, 50)
-
-
-class TruthError(AuditError):
-    """The truth file cannot be used; one line."""
-
-
-def read_truth(path: Path) -> dict[str, str]:
-    """ImageId (file stem) -> verdict, from a file like verified_labels.csv. ``label_ok`` means the
-    given label is right; any other verdict is a label error. Images not listed count as fine."""
-    path = Path(path)
-    if not path.is_file():
-        raise TruthError(f"truth file not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if not {"ImageId", "verdict"} <= set(reader.fieldnames or []):
-            raise TruthError(f"{path}: expected the columns ImageId and verdict (as in verified_labels.csv)")
-        return {row["ImageId"].strip(): row["verdict"].strip() for row in reader}
 
 
 def self_confidence(signals: dict) -> float:
@@ -59,22 +42,25 @@ def ranking_figures(is_error: np.ndarray, scores: np.ndarray) -> dict:
 
 
 def evaluate_labels(dataset, truth_path: Path) -> dict:
-    """Figures for mislabel_score and each baseline over the scanned samples whose label the model
-    knows (for an ensemble: the baselines of the ensemble's mean probabilities, and in
-    ``per_model`` those of each model alone), the ablation without second opinions, the triage
-    table of the verified candidates (category x verdict) and how well the category separates
-    label errors from classifier failures among the misclassified candidates (``separation``)."""
+    """Figures for mislabel_score and each baseline over the scanned samples the truth judges whose
+    label the model knows (for an ensemble: the baselines of the ensemble's mean probabilities, and
+    in ``per_model`` those of each model alone), the ablation without second opinions, the triage
+    table of the verified candidates (category x verdict), how well the category separates label
+    errors from classifier failures among the misclassified candidates (``separation``), how often
+    the suggestion is the humans' label (``suggestions``) and, where the truth names multi-label
+    images, how well ``ambiguous`` finds them (``ambiguous``)."""
     truth = read_truth(truth_path)
     view = dataset.exists(names.SIGNALS).exists(names.SCORE)
-    filepaths, signals, scores, categories = view.values(["filepath", names.SIGNALS, names.SCORE, names.CATEGORY])
-    if not filepaths:
+    columns = view.values(["filepath", names.SIGNALS, names.SCORE, names.CATEGORY, names.SUGGESTED])
+    if not columns[0]:
         raise TruthError(f"dataset '{dataset.name}' has no scored samples; run `audit scan` first")
-    stems = [Path(p).stem for p in filepaths]
-    matched = sum(stem in truth for stem in stems)
-    if matched == 0:
+    judged = [row for row in zip(*columns) if truth.judges(Path(row[0]).stem)]
+    if not any(Path(row[0]).stem in truth.verdicts for row in judged):
         raise TruthError(f"no sample of '{dataset.name}' is named in {truth_path} (matched by file name)")
-    is_error = np.array([truth.get(stem, "label_ok") != "label_ok" for stem in stems])
-    report = {"n": len(stems), "n_errors": int(is_error.sum()), "n_candidates": matched,
+    filepaths, signals, scores, categories, suggested = (list(c) for c in zip(*judged))
+    stems = [Path(p).stem for p in filepaths]
+    is_error = np.array([truth.is_error(stem) for stem in stems])
+    report = {"n": len(stems), "n_errors": int(is_error.sum()), "n_candidates": sum(s in truth.verdicts for s in stems),
               **ranking_figures(is_error, np.array(scores, dtype=float))}
     report["baselines"] = {name: ranking_figures(is_error, np.array([f(s) for s in signals]))
                            for name, f in BASELINES.items()}
@@ -85,11 +71,67 @@ def evaluate_labels(dataset, truth_path: Path) -> dict:
     # The ablation: the same scoring without the explanation-guided second opinions.
     without_views = np.array([judge(s, use_views=False).mislabel_score for s in signals])
     report["ablation"] = {"mislabel_score without views": ranking_figures(is_error, without_views)}
-    triage = Counter((categories[i], truth[stem]) for i, stem in enumerate(stems) if stem in truth)
+    triage = Counter((categories[i], truth.verdicts[stem]) for i, stem in enumerate(stems) if stem in truth.verdicts)
     report["triage"] = {f"{category} / {verdict}": count for (category, verdict), count in sorted(triage.items())}
     report["separation"] = separation(stems, signals, categories, truth)
     report["model_agrees"] = model_agreed_errors(is_error, signals)
+    report["suggestions"] = suggestion_figures(stems, signals, suggested, truth)
+    if truth.multi_label is not None:
+        report["ambiguous"] = ambiguous_figures(stems, signals, categories, truth)
     return report
+
+
+def suggestion_figures(stems: list[str], signals: list[dict], suggested: list[str | None], truth: Truth) -> dict:
+    """Among the label errors whose fix the humans named: how many get a ``suggested_label`` at all
+    (``offered``), how many get the humans' label (``suggested_label``; one of theirs where they gave
+    several), and how many the model's top-1 would get right (``model_top1``, the baseline)."""
+    rows = [(suggested[i], signals[i]["pred_label"], truth.human_labels[stem])
+            for i, stem in enumerate(stems) if truth.is_error(stem) and stem in truth.human_labels]
+    return {"n": len(rows), "offered": sum(s is not None for s, _, _ in rows),
+            "suggested_label": sum(_same_class(s, humans) for s, _, humans in rows),
+            "model_top1": sum(_same_class(top, humans) for _, top, humans in rows)}
+
+
+def _same_class(label: str | None, humans: set[str]) -> bool:
+    if label is None:
+        return False
+    index = resolve_imagenet_label(label)
+    return label in humans or (index is not None and index in {resolve_imagenet_label(h) for h in humans})
+
+
+def top1_margin(signals: dict) -> float:
+    """The whole image's top-1 probability minus its runner-up's; lower = a closer call."""
+    probs = signals.get("top_probs") or [signals["pred_prob"]]
+    return probs[0] - (probs[1] if len(probs) > 1 else 0.0)
+
+
+AMBIGUITY_SIGNALS = {
+    "second component's share": lambda s: (s.get("cam_variance_ratio") or [0, 0])[1],
+    "close call (1 - top-1 margin)": lambda s: 1.0 - top1_margin(s),
+}
+
+
+def ambiguous_figures(stems: list[str], signals: list[dict], categories: list[str], truth: Truth) -> dict:
+    """``ambiguous`` against the images the truth calls multi-label: its precision and recall, those
+    of the baseline that flags as many images by the smallest top-1 margin alone, and the AUROC of
+    each signal the category rests on (``signals``; 0.5 = chance)."""
+    multi = np.array([truth.multi_label.get(stem, False) for stem in stems])
+    called = np.array([category == names.AMBIGUOUS for category in categories])
+    margin = np.array([top1_margin(s) for s in signals])
+    by_margin = np.zeros(len(stems), dtype=bool)
+    by_margin[np.argsort(margin, kind="stable")[:int(called.sum())]] = True
+    figures = {"n": len(stems), "multi_label": int(multi.sum()), "flagged": int(called.sum()),
+               "ambiguous": _precision_recall(multi, called), "top-1 margin alone": _precision_recall(multi, by_margin)}
+    if multi.any() and not multi.all():
+        figures["signals"] = {name: float(roc_auc_score(multi, [f(s) for s in signals]))
+                              for name, f in AMBIGUITY_SIGNALS.items()}
+    return figures
+
+
+def _precision_recall(truth: np.ndarray, called: np.ndarray) -> dict:
+    hits = int((truth & called).sum())
+    return {"precision": hits / int(called.sum()) if called.any() else 0.0,
+            "recall": hits / int(truth.sum()) if truth.any() else 0.0}
 
 
 def model_agreed_errors(is_error: np.ndarray, signals: list[dict]) -> dict:
@@ -103,14 +145,14 @@ def model_agreed_errors(is_error: np.ndarray, signals: list[dict]) -> dict:
     return {"errors": int(agreed.sum()), "auroc_disputed_first": float(roc_auc_score(is_error, disputed_first))}
 
 
-def separation(stems: list[str], signals: list[dict], categories: list[str], truth: dict[str, str]) -> dict:
+def separation(stems: list[str], signals: list[dict], categories: list[str], truth: Truth) -> dict:
     """Among the verified candidates the model misclassifies (top-1 is not the given label): how
     well "label error" is told from "the label is fine, the classifier failed", as balanced
     accuracy (0.5 = chance, 1 = perfect), by the category (``suspected_mislabel`` = label error)
     and by a confidence threshold on the prediction (at score.CONFIDENT, and at the threshold
     that is best in hindsight on these very samples, an upper bound for any threshold)."""
-    rows = [(truth[stem] != "label_ok", categories[i] == names.SUSPECTED_MISLABEL, signals[i]["pred_prob"])
-            for i, stem in enumerate(stems) if stem in truth and signals[i]["pred_index"] != signals[i]["given_index"]]
+    rows = [(truth.is_error(stem), categories[i] == names.SUSPECTED_MISLABEL, signals[i]["pred_prob"])
+            for i, stem in enumerate(stems) if stem in truth.verdicts and signals[i]["pred_index"] != signals[i]["given_index"]]
     if not rows:
         return {"n": 0}
     errors = np.array([r[0] for r in rows])
