@@ -18,19 +18,20 @@ from audit.errors import AuditError
 PLUGINS_DIR = settings.PACKAGE_DIR.parent / "plugins"
 PLUGIN_NAME = "@audit/audit"
 
-# Colours chosen to read over photos and apart from each other. Coloured by field, FiftyOne paints a
-# heatmap in its field's colour with the opacity growing with the value: the Eigen-CAM map is a red
-# glow where it is strongest, and the photo stays visible elsewhere. White (with FiftyOne's dark
-# outline) for the Eigen-CAM box, green for ground-truth boxes, orange for the prediction. The other
-# maps (off by default: switch them on in the sidebar) glow in the colour of what they explain:
-# Grad-CAM of the prediction orange, of the given label teal (the label's colour), the second
-# Eigen-CAM component magenta.
-FIELD_COLOURS = {names.EIGENCAM: "#ff1a1a", names.EIGENCAM_BOX: "#ffffff", names.GT_BOXES: "#00dc00",
-                 names.GROUND_TRUTH: "#1f9e89", names.PREDICTIONS: "#ff8c00", names.CATEGORY: "#d62728",
-                 names.SCORE: "#8c2d04", names.EIGENCAM_PC2: "#ff00ff", names.GRADCAM_PRED: "#ff8c00",
-                 names.GRADCAM_GIVEN: "#1f9e89"}
-# Used when the user switches the App to colour by value: "jet" like the report, red = strongest.
+# Colours. The App colours by value: one colour per category everywhere (the category and the
+# `why` chips, the panel, the report: names.CATEGORY_COLOURS); every other label takes its colour
+# from LABEL_COLOURS by its value, so a given label and a prediction of the same class share a
+# colour (and its ground-truth boxes too), and none looks like a verdict. The Eigen-CAM box is white.
+LABEL_COLOURS = ("#17becf", "#bcbd22", "#ff7f0e", "#e377c2", "#ffbb78", "#9edae5", "#dbdb8d", "#f7b6d2",
+                 "#c49c94", "#ffd92f", "#aec7e8", "#c7c7c7")
+EIGENCAM_BOX_COLOUR = "#ffffff"
+# The maps are off on the tiles, so the photo reads as it is: switched on in the sidebar, they are
+# drawn in "jet" (red = strongest, like the report) at MAP_OPACITY, where the model saw the image.
 HEATMAP_COLORSCALE = "jet"
+MAP_OPACITY = 0.45
+MAPS = (names.EIGENCAM, names.EIGENCAM_PC2, names.GRADCAM_PRED, names.GRADCAM_GIVEN)
+# `why` chips take their category's colour while the dataset has at most this many distinct ones.
+WHY_COLOURS_MAX = 5000
 GRID_ZOOM = 8  # FiftyOne's default (7) makes tiles too small to judge a label by
 
 
@@ -56,31 +57,28 @@ def use_audit_plugin() -> str | None:
 
 
 def apply_app_defaults(dataset) -> None:
-    """Store App defaults on the dataset: heatmap colours, box and label colours, the audit's fields
-    active and grouped at the top of the sidebar. Re-applying is harmless; the user's changes made
-    in the App later are theirs."""
+    """Store App defaults on the dataset: the colours above, the audit's fields active and grouped
+    at the top of the sidebar. Re-applying is harmless (the plugin does after an audit, for new
+    `why` chips); the user's changes made in the App later are theirs."""
     fo = db.fo
     config = dataset.app_config
     label = db.label_field(dataset)
     present = set(dataset.get_field_schema())
+    fields = [{"path": names.EIGENCAM_BOX, "valueColors": [{"value": "eigencam", "color": EIGENCAM_BOX_COLOUR}]}]
+    if names.CATEGORY in present:
+        fields.append({"path": names.CATEGORY, "valueColors": [{"value": category, "color": colour}
+                                                               for category, colour in names.CATEGORY_COLOURS.items()]})
+    if names.WHY in present:
+        fields.append({"path": names.WHY, "valueColors": _why_colours(dataset)})
     config.color_scheme = fo.ColorScheme(
-        color_by="field",
-        opacity=0.55,
-        colorscales=[{"path": path, "name": HEATMAP_COLORSCALE}
-                     for path in (names.EIGENCAM, names.EIGENCAM_PC2, names.GRADCAM_PRED, names.GRADCAM_GIVEN)],
-        fields=[{"path": path, "fieldColor": colour} for path, colour in
-                {**FIELD_COLOURS, label: FIELD_COLOURS[names.GROUND_TRUTH]}.items() if path in present
-                and path != names.CATEGORY]
-        + ([{"path": names.CATEGORY, "fieldColor": FIELD_COLOURS[names.CATEGORY],
-             "valueColors": [{"value": v, "color": c} for v, c in names.CATEGORY_COLOURS.items()]}]
-           if names.CATEGORY in present else []),
-    )
-    # On the grid's tiles: the verdict, the score, the given label and the prediction; no more.
-    active = [p for p in (names.CATEGORY, names.SCORE, label, names.PREDICTIONS, names.EIGENCAM, names.EIGENCAM_BOX, names.GT_BOXES)
+        color_by="value", color_pool=list(LABEL_COLOURS), opacity=MAP_OPACITY,
+        colorscales=[{"path": path, "name": HEATMAP_COLORSCALE} for path in MAPS], fields=fields)
+    # On the grid's tiles: the verdict and why, the given label, the prediction and the boxes; no more.
+    active = [p for p in (names.CATEGORY, names.WHY, label, names.PREDICTIONS, names.EIGENCAM_BOX, names.GT_BOXES)
               if p in present]
     config.active_fields = fo.ActiveFields(paths=active)
     groups = fo.DatasetAppConfig.default_sidebar_groups(dataset)
-    audit_paths = [p for p in (names.CATEGORY, names.SCORE, names.SUGGESTED, names.REASONS, names.RELABEL_TO, names.HISTORY,
+    audit_paths = [p for p in (names.CATEGORY, names.WHY, names.SCORE, names.SUGGESTED, names.REASONS, names.RELABEL_TO, names.HISTORY,
                                f"{label}_original") if p in present]
     for group in groups:
         group.paths = [p for p in group.paths if p not in audit_paths]
@@ -89,17 +87,27 @@ def apply_app_defaults(dataset) -> None:
     dataset.save()
 
 
+def _why_colours(dataset) -> list[dict]:
+    """Each distinct `why` in its category's colour (none past WHY_COLOURS_MAX: then the pool's)."""
+    pairs = set(zip(*dataset.exists(names.WHY).values([names.WHY, names.CATEGORY])))
+    if len(pairs) > WHY_COLOURS_MAX:
+        return []
+    return [{"value": why, "color": names.CATEGORY_COLOURS[category]} for why, category in sorted(pairs)
+            if category in names.CATEGORY_COLOURS]
+
+
 def choose_view(dataset, view: str | None):
-    """The saved view to open: ``view`` (must exist), else the flagged view (re-synced when the
-    dataset was scanned but the view is missing), else the whole dataset when nothing was scanned."""
+    """The saved view to open: ``view`` (must exist), else the review view (the flagged samples,
+    likely label errors first; re-synced when the dataset was scanned but the view is missing), else
+    the whole dataset when nothing was scanned."""
     if view:
         if not dataset.has_saved_view(view):
             saved = ", ".join(dataset.list_saved_views()) or "none"
             raise AppError(f"no saved view '{view}' on '{dataset.name}' (saved views: {saved})")
         return view
-    if not dataset.has_saved_view(names.FLAGGED_VIEW) and dataset.has_sample_field(names.CATEGORY):
+    if not dataset.has_saved_view(names.REVIEW_VIEW) and dataset.has_sample_field(names.CATEGORY):
         db.sync_flags(dataset)
-    return names.FLAGGED_VIEW if dataset.has_saved_view(names.FLAGGED_VIEW) else None
+    return names.REVIEW_VIEW if dataset.has_saved_view(names.REVIEW_VIEW) else None
 
 
 def check_port(address: str, port: int) -> None:

@@ -190,6 +190,15 @@ def flagged_view(dataset: fo.Dataset, category: str | None = None):
     return view.sort_by(names.SCORE, reverse=True)
 
 
+def review_view(dataset: fo.Dataset):
+    """The flagged samples in the order a reviewer works (names.REVIEW_ORDER: likely label errors
+    first), each category highest mislabel_score first."""
+    rank = len(names.REVIEW_ORDER)
+    for index, category in reversed(list(enumerate(names.REVIEW_ORDER))):
+        rank = (F(names.CATEGORY) == category).if_else(index, rank)
+    return flagged_view(dataset).sort_by([(rank, 1), (names.SCORE, -1)], create_index=False)
+
+
 def scanned_view(dataset: fo.Dataset):
     """Every scanned sample, highest mislabel_score first."""
     return dataset.exists(names.CATEGORY).sort_by(names.SCORE, reverse=True)
@@ -204,6 +213,12 @@ def sync_flags(dataset: fo.Dataset) -> None:
     for name, view, description in groups:
         dataset.untag_samples(name)
         view.tag_samples(name)
-        if dataset.has_saved_view(name):
-            dataset.delete_saved_view(name)
-        dataset.save_view(name, view, description=f"{description}, highest mislabel_score first")
+        _save_view(dataset, name, view, f"{description}, highest mislabel_score first")
+    _save_view(dataset, names.REVIEW_VIEW, review_view(dataset), "the flagged samples, likely label errors first: "
+               + ", ".join(names.REVIEW_ORDER) + "; each highest mislabel_score first")
+
+
+def _save_view(dataset: fo.Dataset, name: str, view, description: str) -> None:
+    if dataset.has_saved_view(name):
+        dataset.delete_saved_view(name)
+    dataset.save_view(name, view, description=description)

@@ -49,7 +49,7 @@ REVIEW_ORDER = (SUSPECTED_MISLABEL, AMBIGUOUS, CLASSIFIER_FAILURE, BAD_BOX, ERRO
 CATEGORY_VIEWS = {SUSPECTED_MISLABEL: "audit-mislabels", CLASSIFIER_FAILURE: "audit-failures",
                   AMBIGUOUS: "audit-ambiguous", BAD_BOX: "audit-bad-boxes"}
 # The verdict's colour on the App's tiles, in its panel and in the report.
-CATEGORY_COLOURS = {SUSPECTED_MISLABEL: "#d62728", CLASSIFIER_FAILURE: "#ff7f0e", AMBIGUOUS: "#9467bd",
+CATEGORY_COLOURS = {SUSPECTED_MISLABEL: "#d62728", CLASSIFIER_FAILURE: "#1f77b4", AMBIGUOUS: "#9467bd",
                     BAD_BOX: "#8c564b", OK: "#2ca02c", ERROR_CATEGORY: "#7f7f7f"}
 
 # --- defaults ----------------------------------------------------------------------------------------

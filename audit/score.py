@@ -67,7 +67,7 @@ class Verdict:
     mislabel_score: float | None
     reasons: list[str]  # the decisive one first
     suggested_label: str | None
-    why: str | None  # the decisive reason in a few words, for a tile
+    why: str | None  # the decisive reason in a few words, for a tile (no commas: the App splits values at them)
 
 
 def normalised_margin(given_prob: float, max_other_prob: float) -> float:
@@ -188,10 +188,14 @@ def judge(signals: dict, use_views: bool = True, label_set: frozenset[str] | Non
             return Verdict(BAD_BOX, score, [f"'{given}' at {whole['given_prob']:.2f} on the whole image but "
                                               f"{annotated['given_prob']:.3f} inside the ground-truth box"], None,
                            f"'{given}' is not inside its box")
+        if second and second["top_label"] != given and second["top_prob"] >= CONFIDENT:
+            return verdict(AMBIGUOUS, f"two objects: '{given}', and a second object that is '{second['top_label']}' "
+                                      f"(at {second['top_prob']:.2f}): the label names one of them",
+                           f"two objects: '{given}' and '{second['top_label']}'")
         if whole["max_other_prob"] >= TWO_CLASSES:
             other = next((label for label in signals.get("top_labels") or [] if label != given), predicted)
             return verdict(AMBIGUOUS, two_classes_reason(given, whole["given_prob"], signals),
-                           f"two classes fit: '{given}', '{other}'")
+                           f"two classes fit: '{given}' or '{other}'")
         lead = agreed["given_prob"] - agreed["max_other_prob"]
         if lead < UNSURE_MARGIN:
             close = (f"the model is unsure: '{given}' leads other classes by only {lead:.2f}" if lead >= 0 else
@@ -204,27 +208,30 @@ def judge(signals: dict, use_views: bool = True, label_set: frozenset[str] | Non
                                                           ("where its evidence is strongest", labelled))
                         if view and view["top_label"] == given and view["top_prob"] >= CONFIDENT),
                        key=lambda item: item[1]["top_prob"], default=None)
-    if dominant_is_another and label_object:
+    other_object = max((view for view in (dominant, second)
+                        if view and view["top_label"] != given and view["top_prob"] >= CONFIDENT),
+                       key=lambda view: view["top_prob"], default=None)
+    if label_object and other_object:
         place, view = label_object
-        return verdict(AMBIGUOUS, f"two objects: '{given}' is seen on {place} (at {view['top_prob']:.2f}), the "
-                                  f"dominant one is '{judged['top_label']}': the label may name either",
-                       f"two objects: '{given}', '{judged['top_label']}'")
+        return verdict(AMBIGUOUS, f"two objects: '{given}' is seen on {place} (at {view['top_prob']:.2f}), and "
+                                  f"'{other_object['top_label']}' (at {other_object['top_prob']:.2f}): the label may name either",
+                       f"two objects: '{given}' and '{other_object['top_label']}'")
     if dominant_is_another or (agreed["top_prob"] >= CONFIDENT and evidence < NO_EVIDENCE):
         where = crop_name if dominant else "the whole image"
         if evidence < NO_EVIDENCE:
             return verdict(SUSPECTED_MISLABEL, f"no evidence for '{given}' in any view", f"no evidence for '{given}'")
         return verdict(SUSPECTED_MISLABEL, f"little evidence for '{given}' on {where} ({judged['given_prob']:.2f})",
-                       f"{where.removeprefix('the ')} is '{judged['top_label']}'")
+                       f"{where} is '{judged['top_label']}'")
     if signals.get("given_rank") == 2 and whole["given_prob"] >= TWO_CLASSES:
         return verdict(AMBIGUOUS, two_classes_reason(given, whole["given_prob"], signals),
-                       f"two classes fit: '{given}', '{predicted}'")
+                       f"two classes fit: '{given}' or '{predicted}'")
     places = ((crop_name, dominant), ("the annotated object", annotated),
               ("where its evidence is strongest", labelled))
     on_object = {place: view["given_prob"] for place, view in places if view}
     if on_object and max(on_object.values()) >= SOME_EVIDENCE:
         place = max(on_object, key=on_object.get)
         return verdict(CLASSIFIER_FAILURE, f"'{given}' is seen on {place} (at {on_object[place]:.2f} there): the "
-                                           "model looks elsewhere", f"'{given}' is seen, the model looks elsewhere")
+                                           "model looks elsewhere", f"'{given}' is seen but the model looks elsewhere")
     if second_share >= SECOND_OBJECT_SHARE or agreed["top_prob"] >= CONFIDENT:
         return verdict(SUSPECTED_MISLABEL, f"little evidence for '{given}' in any view (at most {evidence:.2f}); "
                                            f"the model sees '{agreed['top_label']}'", f"little evidence for '{given}'")

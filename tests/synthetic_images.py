@@ -36,3 +36,15 @@ def paste(canvas: np.ndarray, picture: np.ndarray, left: int, top: int, width: i
 def espresso_cup() -> np.ndarray:
     """The cup and saucer of skimage's coffee photo, without most of the table."""
     return skimage.data.coffee()[10:395, 70:485]
+
+
+def cup_beside_camera(path: Path) -> Path:
+    """Two objects, the label true for one: the espresso cup (smaller, at the right) beside the
+    camera photo's man and tripod (larger: the dominant object). Like the golden retriever with a
+    tennis ball on its head, labelled 'espresso' it is not a label error."""
+    canvas = noise_canvas(760, 480)
+    camera = np.asarray(Image.open(Path(__file__).resolve().parents[1] / "sample_data" / "camera.jpg").convert("RGB"))
+    paste(canvas, camera, 0, 0, 440)
+    paste(canvas, espresso_cup(), 760 - 280 - 10, 480 - round(280 * 385 / 415) - 20, 280)
+    Image.fromarray(canvas).save(path, quality=92)
+    return path

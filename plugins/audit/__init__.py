@@ -23,8 +23,12 @@ import fiftyone.operators.types as types
 from audit import names
 from audit.errors import AuditError
 
-CATEGORY_HELP = ("suspected_mislabel: the label is probably wrong; classifier_failure: the model is wrong, "
-                 "the label probably right; ambiguous: several objects or classes")
+CATEGORY_HELP = ("suspected_mislabel: the label is probably wrong; classifier_failure: the model is wrong or "
+                 "unsure, the label probably right; ambiguous: several objects or classes, the label may hold for one")
+REVIEW_HELP = (f"The review view (`{names.REVIEW_VIEW}`) lists the flagged samples likely label errors first: "
+               + ", then ".join(names.REVIEW_ORDER[:4]) + "; within each, highest mislabel_score first. "
+               f"`{names.FLAGGED_VIEW}` orders them by mislabel_score alone, as `audit rank` and `audit export` do. "
+               + CATEGORY_HELP)
 
 
 def _targets(ctx) -> list[str]:
@@ -100,14 +104,16 @@ class MarkRelabel(foo.Operator):
 
 
 def _label_choices(dataset, view) -> list[str]:
-    """The labels a reviewer most likely wants: the suggestions and top labels of these samples,
-    then every label the dataset uses."""
-    labels = []
+    """The labels a reviewer most likely wants: the suggestions and top labels of these samples
+    (those of the dataset's label set only, where it has its own), then every label the dataset uses."""
+    from audit.db import label_field
+    from audit.triage import label_set
+
+    classes = label_set(dataset)
+    labels = [s for s in view.values(names.SUGGESTED) if s] if dataset.has_sample_field(names.SUGGESTED) else []
     if dataset.has_sample_field(names.SIGNALS):
         for top in view.values(f"{names.SIGNALS}.top_labels"):
-            labels.extend(top or [])
-    from audit.db import label_field
-
+            labels.extend(label for label in top or [] if classes is None or label in classes)
     field = label_field(dataset)
     labels.extend(sorted(v for v in dataset.distinct(f"{field}.label") if v) if dataset.has_sample_field(field) else [])
     return list(dict.fromkeys(labels))
@@ -230,12 +236,16 @@ class RunAudit(foo.Operator):
                    description="as in `audit models`, comma-separated for an ensemble; by default the "
                                "models of the dataset's last scan")
         inputs.bool("redo", label="Redo samples already scanned with these settings", default=False)
-        inputs.str("message", view=types.Notice(), label=f"{len(target)} sample(s) will be audited on the "
-                   "machine running the App (about 0.1-0.5 s an image on a CPU)")
+        done = _done_with_last_settings(ctx.dataset, target)
+        todo = len(target) if ctx.params.get("redo") else len(target) - done
+        already = f"; {done} already scanned with the last scan's settings" if done and not ctx.params.get("redo") else ""
+        inputs.str("message", view=types.Notice(), label=f"{todo} of {len(target)} sample(s) will be scanned{already}, "
+                   "on the machine running the App (about 0.1-0.5 s an image on a CPU)")
         return types.Property(inputs, view=types.View(label="Run the audit"))
 
     @notifies_errors
     def execute(self, ctx):
+        from audit.app import apply_app_defaults
         from audit.models.registry import load_models
         from audit.pipeline import audit_dataset
         from audit.scan import ScanOptions
@@ -246,10 +256,21 @@ class RunAudit(foo.Operator):
         models = load_models(model_names or _scanned_models(ctx.dataset))
         yield ctx.trigger("set_progress", dict(label=f"scanning {len(target)} sample(s)"))
         result = audit_dataset(target, models, ScanOptions(workers=0, restart=bool(ctx.params.get("redo"))))
+        apply_app_defaults(ctx.dataset)  # the colours of the new `why` chips
         yield ctx.ops.reload_dataset()
         counts = ", ".join(f"{c} {n}" for c, n in sorted(result.scoring.counts.items()))
         yield ctx.ops.notify(f"scanned {result.scan.scanned}, already done {result.scan.skipped}; {counts}",
                              variant="success")
+
+
+def _done_with_last_settings(dataset, target) -> int:
+    """How many samples of ``target`` the dataset's last scan settings would skip (0 if never scanned)."""
+    key = dataset.info.get("audit", {}).get("scan", {}).get("key")
+    if not key or not dataset.has_sample_field(names.DONE):
+        return 0
+    from audit.db import F
+
+    return len(target.match(F(names.DONE) == key))
 
 
 def _scanned_models(dataset) -> list[str]:
@@ -258,67 +279,89 @@ def _scanned_models(dataset) -> list[str]:
     return [entry["model"] for entry in scanned] or [names.DEFAULT_MODEL]
 
 
+def _view_with_filters(ctx):
+    """The view the grid shows, the sidebar's filters included: FiftyOne's ``ctx.view`` leaves them
+    out while a saved view is open (it loads the saved view by name), as the App opens on one."""
+    params = ctx.request_params
+    if not params.get("view_name") or not (params.get("filters") or params.get("extended")):
+        return ctx.view
+    import fiftyone.server.view as fosv
+
+    return fosv.get_view(ctx.dataset, stages=params.get("view"), filters=params.get("filters"),
+                         extended_stages=params.get("extended"))
+
+
 class AuditSummary(foo.Panel):
     @property
     def config(self):
         return foo.PanelConfig(name="audit_summary", label="Audit summary", icon="insights",
                                help_markdown="Counts per category and the mislabel_score distribution of "
-                                             "the current view. " + CATEGORY_HELP)
+                                             "the current view (its filters included) or the selection. " + REVIEW_HELP)
 
+    # The figures are computed as the panel renders, from what the grid shows. A view, filter or
+    # selection change re-renders the panel; these handlers need to exist for that, and change no
+    # state: a panel state change makes the App drop the sidebar's filters (FiftyOne 1.x).
     def on_load(self, ctx):
-        self._refresh(ctx)
+        pass
 
     def on_change_view(self, ctx):
-        self._refresh(ctx)
+        pass
 
     def on_change_dataset(self, ctx):
-        self._refresh(ctx)
+        pass
 
-    def _refresh(self, ctx):
-        from audit.report import summary_figures
+    def on_change_selected(self, ctx):
+        pass
 
-        figures = summary_figures(ctx.view)
-        ctx.panel.state.figures = figures
-        ctx.panel.data.categories = [{
-            "type": "bar", "x": [c["category"] for c in figures["categories"]],
-            "y": [c["count"] for c in figures["categories"]],
-            "marker": {"color": [c["colour"] for c in figures["categories"]]},
-        }]
-        histogram = figures["histogram"]
-        colours = {c["category"]: c["colour"] for c in figures["categories"]}
-        ctx.panel.data.scores = [{
-            "type": "bar", "name": category, "x": histogram["centres"], "y": counts,
-            "width": histogram["width"], "marker": {"color": colours.get(category, "#888")},
-        } for category, counts in histogram["by_category"].items()]
-
-    def show_flagged(self, ctx):
-        ctx.ops.set_view(name=names.FLAGGED_VIEW)
-
-    def refresh(self, ctx):
-        self._refresh(ctx)
+    def show_review(self, ctx):
+        ctx.ops.set_view(name=names.REVIEW_VIEW)
 
     def render(self, ctx):
+        from audit.report import summary_figures
+
+        view = _view_with_filters(ctx)
+        figures = summary_figures(view.select(ctx.selected) if ctx.selected else view)
+        shown = f"{len(ctx.selected)} selected" if ctx.selected else "in this view"
+        dataset = ctx.dataset
+        scanned = len(dataset.exists(names.CATEGORY)) if dataset.has_sample_field(names.CATEGORY) else 0
+        marks = figures["marks"]
         panel = types.Object()
-        figures = ctx.panel.state.figures or {}
-        marks = figures.get("marks", {})
         panel.md(
-            f"**{figures.get('scanned', 0)} scanned, {figures.get('flagged', 0)} flagged** in this view\n\n"
+            f"**{figures['total']} samples {shown}: {figures['flagged']} flagged**, {figures['scanned']} scanned "
+            f"(the dataset: {scanned} of {len(dataset)} scanned)\n\n"
             f"Review marks: relabel {marks.get('relabel', 0)} · label_ok {marks.get('label_ok', 0)} · "
             f"relabeled {marks.get('relabeled', 0)}", name="summary")
-        buttons = panel.h_stack("buttons", align_x="left", gap=1)
-        buttons.btn("show_flagged", label="Show flagged (most suspect first)", on_click=self.show_flagged,
-                    variant="contained")
-        buttons.btn("refresh", label="Refresh", on_click=self.refresh)
-        peak = max([c["count"] for c in figures.get("categories", [])] or [1])
+        panel.btn("show_review", label="Review the flagged: likely label errors first", on_click=self.show_review,
+                  variant="contained")
+        peak = max([c["count"] for c in figures["categories"]] or [1])
         layout = {"height": 280, "margin": {"l": 40, "r": 10, "t": 40, "b": 60}, "bargap": 0.05,
                   "yaxis": {"dtick": 1} if peak <= 10 else {"rangemode": "tozero"}, "showlegend": False}
-        panel.plot("categories", layout={**layout, "title": {"text": "samples per category"}}, config={
-            "displayModeBar": False})
-        panel.plot("scores", layout={**layout, "barmode": "stack", "title": {"text": "mislabel_score"},
-                                     "xaxis": {"range": [0, 1], "title": {"text": "higher = label more likely wrong"}}},
-                   config={"displayModeBar": False})
+        panel.plot("categories", data=_category_bars(figures), config={"displayModeBar": False},
+                   layout={**layout, "title": {"text": "samples per category"}})
+        panel.plot("scores", data=_score_histogram(figures), config={"displayModeBar": False},
+                   layout={**layout, "barmode": "stack", "title": {"text": "mislabel_score"}, "showlegend": True,
+                           "legend": {"orientation": "h", "y": -0.35},
+                           "xaxis": {"range": [0, 1], "title": {"text": "higher = label more likely wrong"}}})
+        panel.md(REVIEW_HELP, name="order")
         return types.Property(panel, view=types.GridView(align_x="left", align_y="top", orientation="vertical",
                                                          height=100, width=100, gap=2, padding=1))
+
+
+def _category_bars(figures: dict) -> list[dict]:
+    """Plotly bars: samples per category, each in its colour."""
+    return [{"type": "bar", "x": [c["category"] for c in figures["categories"]], "hoverinfo": "x+y",
+             "y": [c["count"] for c in figures["categories"]],
+             "marker": {"color": [c["colour"] for c in figures["categories"]]}}]
+
+
+def _score_histogram(figures: dict) -> list[dict]:
+    """Plotly bars: the mislabel_score histogram, stacked by category, one legend entry each."""
+    histogram = figures["histogram"]
+    colours = {c["category"]: c["colour"] for c in figures["categories"]}
+    return [{"type": "bar", "name": category, "x": histogram["centres"], "y": counts, "width": histogram["width"],
+             "marker": {"color": colours.get(category, "#888")},
+             "hovertemplate": f"{category}: %{{y}} with mislabel_score %{{x:.2f}}<extra></extra>"}
+            for category, counts in histogram["by_category"].items()]
 
 
 def register(p):
