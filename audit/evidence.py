@@ -44,6 +44,8 @@ VIEWS = ("flip", "object", "gt_box", "given_evidence", "second_object")
 # Classes kept of each distribution (the whole image, each view): enough for the scoring to average
 # the views itself (`audit.score.consensus`), so that ``audit rank --rescore`` can change how.
 DISTRIBUTION_TOP_K = 10
+# Stored maps are 0 below this share of their peak (see `to_uint8`); the boxes are found at 0.15 and up.
+MAP_FLOOR = 0.1
 
 
 class Batch(TypedDict, total=False):
@@ -183,7 +185,11 @@ def _in_image_frame(model: AuditModel, model_map: np.ndarray, width: int, height
 
 
 def to_uint8(image_map: np.ndarray) -> np.ndarray:
-    return np.clip(image_map * 255.0, 0, 255).astype(np.uint8)
+    """A 0..1 map as stored (0..255), values below MAP_FLOOR of the peak as 0: the App draws nothing
+    there, so the photo shows where the map is weak, and the unseen border (always 0) shows no edge."""
+    stored = np.clip(image_map * 255.0, 0, 255).astype(np.uint8)
+    stored[image_map < MAP_FLOOR] = 0
+    return stored
 
 
 def share_inside(image_map: np.ndarray, box: list[float]) -> float:
@@ -346,6 +352,8 @@ def sample_signals(models: list[AuditModel], sample: SampleEvidence, given_label
         "cam_variance_ratio": first.variance_ratio, "visible_fraction": first.visible_fraction,
         "cam_box_area": first.boxes[0][2] * first.boxes[0][3] if first.boxes else 0.0,
     }
+    if first.boxes and first.second_object_box:  # 1: the second component points where the first does
+        signals["second_object_iou"] = float(box_iou(to_corners(first.second_object_box), [to_corners(first.boxes[0])])[0])
     if first.on_object:
         signals["class_map_on_object"] = first.on_object
     views = {name: torch.stack([v[name] for v in sample.views if name in v]).mean(0)

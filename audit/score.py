@@ -39,6 +39,8 @@ UNSURE_MARGIN = 0.2
 # least this probability (dev set, ReaL's 39 multi-label images: 11 of 30 flagged, against 6 of 30
 # for the 30 smallest top-1 margins).
 TWO_CLASSES = 0.25
+# The second component's box overlapping the first's by at least this IoU points at the same object.
+SAME_REGION = 0.5
 # A second principal component explaining at least this share of the variance suggests a second object.
 SECOND_OBJECT_SHARE = 0.15
 # An Eigen-CAM box covering at least this share of the view the model saw singles out no one object.
@@ -55,7 +57,8 @@ NEUTRAL_VIEWS = ("flip", "gt_box")
 LABEL_VIEWS = ("given_evidence",)
 
 THRESHOLDS = {"confident": CONFIDENT, "no_evidence": NO_EVIDENCE, "some_evidence": SOME_EVIDENCE,
-              "unsure_margin": UNSURE_MARGIN, "two_classes": TWO_CLASSES, "second_object_share": SECOND_OBJECT_SHARE,
+              "unsure_margin": UNSURE_MARGIN, "two_classes": TWO_CLASSES, "same_region": SAME_REGION,
+              "second_object_share": SECOND_OBJECT_SHARE,
               "whole_view": WHOLE_VIEW, "neutral_views": list(NEUTRAL_VIEWS), "label_views": list(LABEL_VIEWS)}
 
 
@@ -189,9 +192,14 @@ def judge(signals: dict, use_views: bool = True, label_set: frozenset[str] | Non
                                               f"{annotated['given_prob']:.3f} inside the ground-truth box"], None,
                            f"'{given}' is not inside its box")
         if second and second["top_label"] != given and second["top_prob"] >= CONFIDENT:
-            return verdict(AMBIGUOUS, f"two objects: '{given}', and a second object that is '{second['top_label']}' "
+            other = second["top_label"]
+            if signals.get("second_object_iou", 0.0) >= SAME_REGION:
+                return verdict(AMBIGUOUS, f"two classes fit: '{given}', and '{other}' (at {second['top_prob']:.2f}) "
+                                          "where the second component points, on the same object",
+                               f"two classes fit: '{given}' or '{other}'")
+            return verdict(AMBIGUOUS, f"two objects: '{given}', and a second object that is '{other}' "
                                       f"(at {second['top_prob']:.2f}): the label names one of them",
-                           f"two objects: '{given}' and '{second['top_label']}'")
+                           f"two objects: '{given}' and '{other}'")
         if whole["max_other_prob"] >= TWO_CLASSES:
             other = next((label for label in signals.get("top_labels") or [] if label != given), predicted)
             return verdict(AMBIGUOUS, two_classes_reason(given, whole["given_prob"], signals),

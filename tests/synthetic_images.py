@@ -48,3 +48,19 @@ def cup_beside_camera(path: Path) -> Path:
     paste(canvas, espresso_cup(), 760 - 280 - 10, 480 - round(280 * 385 / 415) - 20, 280)
     Image.fromarray(canvas).save(path, quality=92)
     return path
+
+
+OWN_LABELS = {"espresso", "missile", "moped", "lakeside"}
+
+
+def own_labels_csv(folder: Path) -> Path:
+    """A CSV source in a label set of its own (OWN_LABELS: no 'tripod' among them), real photos: the
+    cup beside the camera (two objects, the label true for one), the camera photo labelled
+    'espresso' (a label error whose true class the dataset does not have) and four right labels."""
+    photos = Path(__file__).resolve().parents[1] / "sample_data"
+    rows = [(cup_beside_camera(folder / "cup_and_camera.jpg"), "espresso"), (photos / "camera.jpg", "espresso"),
+            (photos / "coffee.jpg", "espresso"), (photos / "rocket.jpg", "missile"),
+            (photos / "motorcycle.jpg", "moped"), (photos / "china_lake.jpg", "lakeside")]
+    table = folder / "labels.csv"
+    table.write_text("filepath,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
+    return table

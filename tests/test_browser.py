@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from audit import db
+from audit import db, names
 from audit.cli import app
 
 from conftest import REPO, scan_sample
+from synthetic_images import OWN_LABELS, own_labels_csv
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -44,7 +45,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-DOC_SHOTS = ("app-grid.png", "app-modal.png", "app-panel.png", "report.png")  # shown in the README
+DOC_SHOTS = ("app-grid.png", "app-modal.png", "app-panel.png", "app-two-objects.png", "report.png")  # shown in the README
 
 
 def keep(screenshot: Path) -> None:
@@ -71,6 +72,44 @@ def new_page(browser, width=1400, height=900):
     # FiftyOne's one-off "Enterprise" pop-over would cover the grid in every screenshot.
     context.add_init_script("window.localStorage.setItem('fiftyone-enterprise-tooltip-seen', 'true')")
     return context.new_page()
+
+
+def dataset_suggestions(name: str) -> list[str]:
+    return [s for s in db.load_dataset(name).values("suggested_label") if s]
+
+
+def open_modal(page, tile) -> None:
+    """Open ``tile``'s sample in the modal (clicked again if the grid was still laying out)."""
+    for _ in range(3):
+        tile.click()
+        try:
+            page.locator("[data-cy=modal]").wait_for(timeout=20_000)
+            page.locator("[data-cy=modal]").get_by_text("suggested_label", exact=True).wait_for(timeout=30_000)
+            return
+        except playwright_api.TimeoutError:
+            page.wait_for_timeout(2000)
+    raise AssertionError("the sample's modal did not open")
+
+
+def open_operator(page, label: str, shows: str, attempts: int = 3) -> None:
+    """Open the operator ``label`` from the operator browser until its form shows the text ``shows``
+    (on a busy machine the form can resolve before the App has told the server which sample the
+    modal shows)."""
+    for attempt in range(attempts):
+        page.keyboard.press("`")
+        item = page.get_by_text(label, exact=True)
+        item.wait_for(timeout=30_000)  # the browser lists every operator; typed keys could reach the modal
+        item.click(timeout=30_000)
+        try:
+            page.get_by_text(shows).wait_for(timeout=20_000)
+            return
+        except playwright_api.TimeoutError:
+            if attempt == attempts - 1:
+                raise
+            cancel = page.get_by_role("button", name="Cancel")
+            if cancel.count():
+                cancel.first.click()  # closes the form, not the modal under it
+            page.wait_for_timeout(2000)
 
 
 class AppProcess:
@@ -115,14 +154,14 @@ class AppProcess:
 
 
 def test_app_lists_the_flagged_samples_and_offers_the_operators(dataset, browser, tmp_path):
-    flagged = db.flagged_view(dataset)
-    top = flagged.first()  # the most suspect sample opens first: one of the deliberately wrong ones
+    flagged = db.review_view(dataset)
+    top = flagged.first()  # the likeliest label error opens first: one of the deliberately wrong ones
     assert top.category == "suspected_mislabel" and top.suggested_label in ("tripod", "espresso", "space shuttle")
     port = free_port()
     server = AppProcess(NAME, "--port", str(port))
     try:
         url = server.wait_for("App: ").split("App: ", 1)[1].strip()
-        assert url == f"http://127.0.0.1:{port}/datasets/{NAME}?view=audit-flagged"
+        assert url == f"http://127.0.0.1:{port}/datasets/{NAME}?view=audit-review"
         page = new_page(browser)
         page.goto(url)
 
@@ -134,7 +173,17 @@ def test_app_lists_the_flagged_samples_and_offers_the_operators(dataset, browser
         assert grid_text.count("suspected_mislabel") == len(db.flagged_view(dataset, "suspected_mislabel"))
         for label in ("goldfish", "espresso", "tripod"):  # the deliberately wrong labels
             assert label in grid_text
-        assert grid_text.index("espresso") < grid_text.index("tiger cat")  # sorted by mislabel_score
+        # Likely label errors first, and each flagged tile says why in a few words, in its category's colour.
+        categories = [t.inner_text() for t in page.locator("[data-cy=fo-grid] [data-cy=tag-category]").all()]
+        order = [names.REVIEW_ORDER.index(c) for c in categories]
+        assert len(order) == len(flagged) and order == sorted(order), categories
+        for why in flagged.values("why"):
+            assert why in grid_text
+        why_chip = page.locator("[data-cy=fo-grid] [data-cy=tag-why]").first
+        assert why_chip.inner_text() == top.why == f"no evidence for '{top.ground_truth.label}'"
+        category_colour = page.locator("[data-cy=fo-grid] [data-cy=tag-category]").first.evaluate(
+            "chip => getComputedStyle(chip).backgroundColor")
+        assert category_colour == why_chip.evaluate("chip => getComputedStyle(chip).backgroundColor") == "rgb(214, 39, 40)"
         page.screenshot(path=tmp_path / "app-grid.png")
         keep(tmp_path / "app-grid.png")
 
@@ -148,15 +197,11 @@ def test_app_lists_the_flagged_samples_and_offers_the_operators(dataset, browser
         page.keyboard.press("Escape")
 
         # Mark the most suspect sample from its modal: the form offers our suggestion.
-        page.locator("[data-cy=looker]").first.click()
-        page.get_by_text("suggested_label", exact=True).first.wait_for(timeout=30_000)
+        open_modal(page, page.locator("[data-cy=looker]").first)
         page.wait_for_timeout(2500)
         page.screenshot(path=tmp_path / "app-modal.png")
         keep(tmp_path / "app-modal.png")
-        page.keyboard.press("`")
-        page.keyboard.type("mark selected as relabel")
-        page.get_by_text(OPERATORS[1], exact=True).click(timeout=30_000)  # this one, whatever is highlighted
-        page.get_by_text("Corrected label").wait_for(timeout=60_000)
+        open_operator(page, OPERATORS[1], "Corrected label")
         assert page.locator(f"input[value='{top.suggested_label}']").count() == 1
         expect(page.get_by_role("button", name="Execute")).to_be_enabled(timeout=30_000)
         page.screenshot(path=tmp_path / "app-mark-relabel.png")
@@ -170,11 +215,22 @@ def test_app_lists_the_flagged_samples_and_offers_the_operators(dataset, browser
         assert "relabel" in tags[0] and relabel_to[0] == top.suggested_label
         page.keyboard.press("Escape")
 
-        # The summary panel: counts per category and the score distribution.
+        # The summary panel: counts per category and the score distribution of what the grid shows.
         page.locator("[data-cy=new-panel-btn]").first.click()
         page.get_by_text("Audit summary", exact=True).first.click()
         page.get_by_text("samples per category").wait_for(timeout=60_000)
+        page.get_by_text(f"{len(flagged)} samples in this view: {len(flagged)} flagged").wait_for(timeout=30_000)
+        # Filtered in the sidebar to one category, the grid and the panel count the same samples.
+        mislabels = len(db.flagged_view(dataset, "suspected_mislabel"))
+        page.locator("[data-cy=sidebar-field-arrow-enabled-category]").click()
+        checkbox = page.locator("[data-cy=checkbox-suspected_mislabel]")
+        checkbox.wait_for(timeout=30_000)
+        page.wait_for_timeout(1000)
+        checkbox.click()
+        page.get_by_text(f"{mislabels} of {len(flagged)} samples").wait_for(timeout=30_000)
+        page.get_by_text(f"{mislabels} samples in this view: {mislabels} flagged").wait_for(timeout=30_000)
         page.wait_for_timeout(1500)
+        assert page.get_by_text(f"{mislabels} of {len(flagged)} samples").count() == 1  # the filter holds
         page.screenshot(path=tmp_path / "app-panel.png")
         keep(tmp_path / "app-panel.png")
     finally:
@@ -191,6 +247,32 @@ def test_app_lists_the_flagged_samples_and_offers_the_operators(dataset, browser
         except OSError:
             assert time.monotonic() < deadline, f"port {port} still in use after `audit app` stopped"
             time.sleep(1)
+
+
+def test_two_objects_with_the_label_true_for_one_are_ambiguous_and_offered_only_the_dataset_s_labels(browser, tmp_path):
+    """The golden retriever with a tennis ball on its head, in a dataset of dog breeds: here the cup
+    beside the man with his tripod, labelled 'espresso' in a dataset without 'tripod'."""
+    result = runner.invoke(app, ["scan", "csv", "--root", str(own_labels_csv(tmp_path)), "--name", "browser-own",
+                                 "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    both = db.load_dataset("browser-own").match(db.F("filepath").ends_with("cup_and_camera.jpg")).first()
+    assert both.category == "ambiguous" and both.suggested_label in OWN_LABELS | {None}
+    server = AppProcess("browser-own", "--port", str(free_port()))
+    try:
+        page = new_page(browser)
+        page.goto(server.wait_for("App: ").split("App: ", 1)[1].strip())
+        tile = page.locator("[data-cy=looker]").filter(has_text=both.why)
+        tile.wait_for(timeout=90_000)
+        assert "suspected_mislabel" not in tile.inner_text() and "ambiguous" in tile.inner_text()
+        page.wait_for_timeout(2500)  # let the tiles paint
+        page.screenshot(path=tmp_path / "app-two-objects.png")
+        keep(tmp_path / "app-two-objects.png")
+        grid_text = page.locator("[data-cy=fo-grid]").inner_text()
+        assert "tripod" not in dataset_suggestions("browser-own") and set(dataset_suggestions("browser-own")) <= OWN_LABELS
+        assert grid_text.count("suspected_mislabel") == 1  # only the camera photo labelled 'espresso'
+    finally:
+        status = server.stop()
+    assert status == 0, "".join(server.output)
 
 
 def test_app_refuses_a_busy_port_and_an_unknown_view(dataset):

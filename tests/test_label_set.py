@@ -11,23 +11,15 @@ from audit import db, names
 from audit.cli import app
 from audit.triage import label_set
 
-from conftest import SAMPLE_DATA
-from synthetic_images import cup_beside_camera
+from synthetic_images import OWN_LABELS as LABELS, own_labels_csv
 
 runner = CliRunner()
 NAME = "own-labels"
-LABELS = {"espresso", "missile", "moped", "lakeside"}
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("own-labels")
-    rows = [(cup_beside_camera(folder / "cup_and_camera.jpg"), "espresso"),  # two objects, the label true for one
-            (SAMPLE_DATA / "camera.jpg", "espresso"),  # a label error: a man with a tripod, no cup
-            (SAMPLE_DATA / "coffee.jpg", "espresso"), (SAMPLE_DATA / "rocket.jpg", "missile"),
-            (SAMPLE_DATA / "motorcycle.jpg", "moped"), (SAMPLE_DATA / "china_lake.jpg", "lakeside")]
-    table = folder / "labels.csv"
-    table.write_text("filepath,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
+    table = own_labels_csv(tmp_path_factory.mktemp("own-labels"))
     result = runner.invoke(app, ["scan", "csv", "--root", str(table), "--name", NAME, "--workers", "0"])
     assert result.exit_code == 0, result.output
     return db.load_dataset(NAME)

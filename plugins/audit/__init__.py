@@ -88,9 +88,12 @@ class MarkRelabel(foo.Operator):
         choices = types.AutocompleteView()
         for label in _label_choices(ctx.dataset, view):
             choices.add_choice(label, label=label)
+        from audit.triage import label_set
+
+        spelling = ("any ImageNet class name, synonym or WordNet id" if label_set(ctx.dataset) is None
+                    else "one of the dataset's labels, or a new one")
         inputs.str("new_label", label="Corrected label", default=default, view=choices,
-                   description=f"for {len(ids)} sample(s); leave empty to decide later "
-                               "(ImageNet datasets: any class name, synonym or WordNet id)")
+                   description=f"for {len(ids)} sample(s): {spelling}; leave empty to decide later")
         return types.Property(inputs, view=types.View(label=f"Mark {len(ids)} sample(s) as relabel"))
 
     @notifies_errors
