@@ -185,9 +185,12 @@ def label_field(dataset: fo.Dataset) -> str:
 
 def flagged_view(dataset: fo.Dataset, category: str | None = None):
     """Scanned samples not judged ``ok`` (or of one category), highest mislabel_score first."""
+    return _flagged(dataset, category).sort_by(names.SCORE, reverse=True)
+
+
+def _flagged(dataset: fo.Dataset, category: str | None = None):
     view = dataset.exists(names.CATEGORY)
-    view = view.match(F(names.CATEGORY) == category) if category else view.match(F(names.CATEGORY) != names.OK)
-    return view.sort_by(names.SCORE, reverse=True)
+    return view.match(F(names.CATEGORY) == category) if category else view.match(F(names.CATEGORY) != names.OK)
 
 
 def review_view(dataset: fo.Dataset):
@@ -196,7 +199,7 @@ def review_view(dataset: fo.Dataset):
     rank = len(names.REVIEW_ORDER)
     for index, category in reversed(list(enumerate(names.REVIEW_ORDER))):
         rank = (F(names.CATEGORY) == category).if_else(index, rank)
-    return flagged_view(dataset).sort_by([(rank, 1), (names.SCORE, -1)], create_index=False)
+    return _flagged(dataset).sort_by([(rank, 1), (names.SCORE, -1)], create_index=False)
 
 
 def scanned_view(dataset: fo.Dataset):

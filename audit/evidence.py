@@ -73,7 +73,7 @@ class ModelEvidence:
     class_maps: dict[str, np.ndarray] = field(default_factory=dict)  # "pred"/"given": Grad-CAM, small, uint8
     on_object: dict[str, float] = field(default_factory=dict)  # share of each class map inside the first box
     given_evidence_box: list[float] | None = None  # where the given class's Grad-CAM is >= EVIDENCE_THRESHOLD
-    second_object_box: list[float] | None = None  # the largest segment of the second component (a second object?)
+    second_object_box: list[float] | None = None  # the second component's largest segment; for samples in doubt
 
 
 @dataclass
@@ -135,12 +135,11 @@ def explain_batch(model: AuditModel, images: torch.Tensor, batch: Batch, options
             continue
         width, height = int(batch["width"][row]), int(batch["height"][row])
         image_map, boxes = map_and_boxes(model, maps[row, 0], width, height, options.box_threshold, options.all_boxes)
-        pc2 = small_map(model, maps[row, 1], width, height)
         result = ModelEvidence(
             probabilities=probabilities[row], map=to_uint8(image_map), boxes=boxes,
             variance_ratio=[float(v) for v in variance_ratio[row]],
             visible_fraction=float(visible_fraction(model.preprocess.window(width, height), width, height)),
-            pc2=to_uint8(pc2), second_object_box=_relative_box(pc2, options.box_threshold))
+            pc2=to_uint8(small_map(model, maps[row, 1], width, height)))
         if options.class_maps:
             small = {"pred": small_map(model, discriminative[row, 0], width, height)}
             if given_indices[row] is not None:
@@ -285,6 +284,8 @@ def batch_evidence(models: list[AuditModel], batch: Batch, given_indices: list[i
     gt_boxes = {row: _largest(batch["gt_boxes"][row]) for row in rows} if batch.get("gt_boxes") else {}
     for index, (model, images) in enumerate(zip(models, batch["images"])):
         results = {row: samples[row].results[index] for row in rows}
+        for result in results.values():
+            result.second_object_box = _relative_box(result.pc2 / 255.0, options.box_threshold)
         crops = {"object": {row: (result.boxes or [None])[0] for row, result in results.items()},
                  "gt_box": gt_boxes,
                  "given_evidence": {row: result.given_evidence_box for row, result in results.items()},

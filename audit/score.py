@@ -90,20 +90,30 @@ def consensus(signals: dict, views: dict) -> dict:
     distribution's stored top classes: a class outside a view's top counts 0 there."""
     if any("top" not in view for view in views.values()):  # signals of scans before SCAN_VERSION 4
         return signals["consensus"]
-    members = [signals] + [views[name] for name in NEUTRAL_VIEWS if name in views]
+    members = _neutral_members(signals, views)
     given = signals["given_class"]
-    mean: dict[str, float] = {}
-    for member in members:
-        for label, probability in member["top"]:
-            if label != given:
-                mean[label] = mean.get(label, 0.0) + probability / len(members)
     given_prob = sum(member["given_prob"] for member in members) / len(members)
-    other, other_prob = max(mean.items(), key=lambda item: item[1], default=(None, 0.0))
+    other, other_prob = next(((label, p) for label, p in _mean_top(members) if label != given), (None, 0.0))
     testimony = members + [views[name] for name in LABEL_VIEWS if name in views]
     testified = sum(member["given_prob"] for member in testimony) / len(testimony)
     top_label, top_prob = (given, given_prob) if given_prob >= other_prob else (other, other_prob)
     return {"top_label": top_label, "top_prob": top_prob, "max_other_prob": other_prob,
             "given_prob": max(given_prob, testified)}
+
+
+def _neutral_members(signals: dict, views: dict) -> list[dict]:
+    """The whole image and the NEUTRAL_VIEWS it has: the distributions the consensus averages."""
+    return [signals] + [views[name] for name in NEUTRAL_VIEWS if name in views]
+
+
+def _mean_top(members: list[dict]) -> list[tuple[str, float]]:
+    """The mean of the members' stored top classes (a class outside a member's top counts 0 there),
+    most probable first."""
+    mean: dict[str, float] = {}
+    for member in members:
+        for label, probability in member["top"]:
+            mean[label] = mean.get(label, 0.0) + probability / len(members)
+    return sorted(mean.items(), key=lambda item: -item[1])
 
 
 def for_new_label(signals: dict, label: str | None, new_index: int | None) -> dict:
@@ -180,7 +190,7 @@ def judge(signals: dict, use_views: bool = True, label_set: frozenset[str] | Non
                            and judged["given_prob"] < SOME_EVIDENCE)
     # The fix should the label be wrong: the dominant object's class where it is another, else the
     # consensus's best other class (the runner-up where the label wins), one of the dataset's classes.
-    candidates = ([judged["top_label"]] if dominant_is_another else []) + [label for label, _ in _ranked(agreed, signals, views)]
+    candidates = ([judged["top_label"]] if dominant_is_another else []) + _ranked(agreed, signals, views)
     suggestion, outside = suggest(candidates, given, label_set)
 
     def verdict(category: str, decisive: str, why: str) -> Verdict:
@@ -201,9 +211,7 @@ def judge(signals: dict, use_views: bool = True, label_set: frozenset[str] | Non
                                       f"(at {second['top_prob']:.2f}): the label names one of them",
                            f"two objects: '{given}' and '{other}'")
         if whole["max_other_prob"] >= TWO_CLASSES:
-            other = next((label for label in signals.get("top_labels") or [] if label != given), predicted)
-            return verdict(AMBIGUOUS, two_classes_reason(given, whole["given_prob"], signals),
-                           f"two classes fit: '{given}' or '{other}'")
+            return verdict(AMBIGUOUS, *two_classes(given, whole["given_prob"], signals))
         lead = agreed["given_prob"] - agreed["max_other_prob"]
         if lead < UNSURE_MARGIN:
             close = (f"the model is unsure: '{given}' leads other classes by only {lead:.2f}" if lead >= 0 else
@@ -231,8 +239,7 @@ def judge(signals: dict, use_views: bool = True, label_set: frozenset[str] | Non
         return verdict(SUSPECTED_MISLABEL, f"little evidence for '{given}' on {where} ({judged['given_prob']:.2f})",
                        f"{where} is '{judged['top_label']}'")
     if signals.get("given_rank") == 2 and whole["given_prob"] >= TWO_CLASSES:
-        return verdict(AMBIGUOUS, two_classes_reason(given, whole["given_prob"], signals),
-                       f"two classes fit: '{given}' or '{predicted}'")
+        return verdict(AMBIGUOUS, *two_classes(given, whole["given_prob"], signals))
     places = ((crop_name, dominant), ("the annotated object", annotated),
               ("where its evidence is strongest", labelled))
     on_object = {place: view["given_prob"] for place, view in places if view}
@@ -246,12 +253,12 @@ def judge(signals: dict, use_views: bool = True, label_set: frozenset[str] | Non
     return verdict(CLASSIFIER_FAILURE, "the model is unsure", "the model is unsure")
 
 
-def two_classes_reason(given: str, given_prob: float, signals: dict) -> str:
-    """Both of the whole image's top two classes are likely, one of them the label."""
-    pairs = [(label, prob) for label, prob in zip(signals.get("top_labels") or [], signals.get("top_probs") or [])][:2]
+def two_classes(given: str, given_prob: float, signals: dict) -> tuple[str, str]:
+    """The reason and the `why` when both of the whole image's top two classes are likely, one of them the label."""
+    pairs = list(zip(signals.get("top_labels") or [], signals.get("top_probs") or []))[:2]
     other, other_prob = next(((label, prob) for label, prob in pairs if label != given), ("?", 0.0))
     return (f"two classes fit: '{given}' at {given_prob:.2f} and '{other}' at {other_prob:.2f}: several objects, "
-            "or classes that overlap")
+            "or classes that overlap"), f"two classes fit: '{given}' or '{other}'"
 
 
 def second_object_reason(second: dict | None, share: float) -> str:
@@ -262,16 +269,11 @@ def second_object_reason(second: dict | None, share: float) -> str:
     return f"a second object is likely (the second component explains {share:.0%})"
 
 
-def _ranked(agreed: dict, signals: dict, views: dict) -> list[tuple[str, float]]:
+def _ranked(agreed: dict, signals: dict, views: dict) -> list[str]:
     """The classes of the consensus, most probable first (the whole image's where there are no views)."""
     if not views or any("top" not in view for view in views.values()):
-        return [(agreed["top_label"], agreed["top_prob"])] + list(zip(signals.get("top_labels") or [], signals.get("top_probs") or []))
-    members = [signals] + [views[name] for name in NEUTRAL_VIEWS if name in views]
-    mean: dict[str, float] = {}
-    for member in members:
-        for label, probability in member["top"]:
-            mean[label] = mean.get(label, 0.0) + probability / len(members)
-    return sorted(mean.items(), key=lambda item: -item[1])
+        return [agreed["top_label"], *(signals.get("top_labels") or [])]
+    return [label for label, _ in _mean_top(_neutral_members(signals, views))]
 
 
 def suggest(candidates: list[str], given: str | None, label_set: frozenset[str] | None) -> tuple[str | None, str | None]:

@@ -271,9 +271,9 @@ def _done_with_last_settings(dataset, target) -> int:
     key = dataset.info.get("audit", {}).get("scan", {}).get("key")
     if not key or not dataset.has_sample_field(names.DONE):
         return 0
-    from audit.db import F
+    from audit.scan import count_shard
 
-    return len(target.match(F(names.DONE) == key))
+    return count_shard(target, key, (1, 1))[1]
 
 
 def _scanned_models(dataset) -> list[str]:
