@@ -107,6 +107,9 @@ def scan(
     layout: Annotated[Optional[str], typer.Option(help="imagenet-val: force a layout (archives | extracted | kaggle | folders).")] = None,
     boxes: Annotated[Optional[Path], typer.Option(
         help="imagenet-val: the folder of the box files (<image>.xml), if not found under --root.")] = None,
+    head: Annotated[str, typer.Option(
+        help="auto | model | fit: judge the labels with the model's classes, or with a head fitted on the "
+             "dataset's own (5-fold, out-of-fold; auto: fitted when a label is not one of the model's classes).")] = "auto",
 ) -> None:
     """Load SOURCE into FiftyOne, run the model once, attach predictions, Eigen-CAM maps and boxes,
     and rank the samples. Resumes by default: samples scanned with the same settings are skipped."""
@@ -119,7 +122,7 @@ def scan(
         raise typer.BadParameter(f"'{layout}' is not one of {', '.join(LAYOUTS)}", param_hint="--layout")
     options = ScanOptions(batch_size=batch_size, workers=workers, limit=limit, shard=_parse_shard(shard),
                           restart=restart, amp=amp, second_opinion=second_opinion, class_maps=class_maps,
-                          all_boxes=all_boxes)
+                          all_boxes=all_boxes, head=head)
     loaded = load_models(model_names(model, models), weights=weights, layer=layer, device=device)
     request = SourceRequest(source.value, root, name, str(labels) if labels else None, label_field, layout, limit,
                             str(boxes) if boxes else None)
@@ -155,6 +158,10 @@ def _print_scanned(dataset, result) -> None:
     summary, scoring = result.scan, result.scoring
     _say(f"scanned {summary.scanned}, already done {summary.skipped}, unreadable {summary.unreadable}; "
          + ", ".join(f"{c} {n}" for c, n in sorted(scoring.counts.items())))
+    if summary.head is not None:
+        again = f", {summary.classified_again} in doubt classified again" if summary.classified_again else ""
+        _say(f"head: {summary.head.kind} ({summary.head.why}); second phase judged {summary.judged}{again} "
+             f"in {summary.second_phase_seconds:.1f} s")
     if summary.unreadable:
         _say(f"{summary.unreadable} image(s) could not be read (category error, the reason in audit_error): "
              f"`audit rank {dataset.name} --category error` lists them")

@@ -172,6 +172,7 @@ def declare_audit_fields(dataset: fo.Dataset) -> None:
               names.EIGENCAM_BOX: (embedded, {"embedded_doc_type": fo.Detections}),
               **{name: (embedded, {"embedded_doc_type": fo.Heatmap}) for name in (names.EIGENCAM_PC2, names.GRADCAM_PRED, names.GRADCAM_GIVEN)},
               names.SIGNALS: (fo.DictField, {}), names.ERROR: (fo.StringField, {}), names.DONE: (fo.StringField, {}),
+              names.EMBEDDINGS: (fo.VectorField, {}), names.HEAD_DONE: (fo.StringField, {}),
               names.SCORE: (fo.FloatField, {}), names.CATEGORY: (fo.StringField, {}), names.SUGGESTED: (fo.StringField, {}),
               names.REASONS: (fo.ListField, {"subfield": fo.StringField})}
     for name, (kind, options) in fields.items():

@@ -74,6 +74,7 @@ class ModelEvidence:
     on_object: dict[str, float] = field(default_factory=dict)  # share of each class map inside the first box
     given_evidence_box: list[float] | None = None  # where the given class's Grad-CAM is >= EVIDENCE_THRESHOLD
     second_object_box: list[float] | None = None  # the second component's largest segment; for samples in doubt
+    embedding: np.ndarray | None = None  # the target layer average-pooled (what a pooling head reads), float32
 
 
 @dataclass
@@ -124,6 +125,7 @@ def explain_batch(model: AuditModel, images: torch.Tensor, batch: Batch, options
     maps, variance_ratio = eigen_cam(target, k=2)
     maps = normalise_maps(maps).cpu().numpy()
     variance_ratio = variance_ratio.cpu().numpy()
+    embeddings = target.mean(dim=(2, 3)).cpu().numpy()
     predicted = probabilities.argmax(1)
     if options.class_maps:
         given = torch.tensor([int(predicted[row]) if g is None else g for row, g in enumerate(given_indices)])
@@ -139,7 +141,7 @@ def explain_batch(model: AuditModel, images: torch.Tensor, batch: Batch, options
             probabilities=probabilities[row], map=to_uint8(image_map), boxes=boxes,
             variance_ratio=[float(v) for v in variance_ratio[row]],
             visible_fraction=float(visible_fraction(model.preprocess.window(width, height), width, height)),
-            pc2=to_uint8(small_map(model, maps[row, 1], width, height)))
+            pc2=to_uint8(small_map(model, maps[row, 1], width, height)), embedding=embeddings[row])
         if options.class_maps:
             small = {"pred": small_map(model, discriminative[row, 0], width, height)}
             if given_indices[row] is not None:
@@ -333,13 +335,15 @@ def agreement_signals(results: list[ModelEvidence], ensemble_top: int) -> dict:
 
 
 def sample_signals(models: list[AuditModel], sample: SampleEvidence, given_label: str | None,
-                   given_index: int | None) -> dict:
+                   given_index: int | None, label_set_indices: list[int] | None = None) -> dict:
     """What the scoring reads (``audit_signals``): the prediction (the ensemble's mean probability
     when several models), its top classes (``top_labels``/``top_probs``: 5; ``top``: DISTRIBUTION_TOP_K
     pairs) and the given label's standing (``given_class``: its name among the model's classes); the
     first model's Eigen-CAM figures and class-map shares; per second-opinion view the same in short
     (``views``, averaged over the models), from which the scoring forms its consensus; with several
-    models, each model's own standing (``models``) and their agreement."""
+    models, each model's own standing (``models``) and their agreement. With ``label_set_indices``
+    (the model's indices of the dataset's classes, when it uses some of them only), ``outside_prob``:
+    the probability the whole image puts on classes outside the dataset's (high = none of them fits)."""
     classes = models[0].classes
     results, first = sample.results, sample.results[0]
     probabilities = torch.stack([r.probabilities for r in results]).mean(0)
@@ -353,6 +357,8 @@ def sample_signals(models: list[AuditModel], sample: SampleEvidence, given_label
         "cam_variance_ratio": first.variance_ratio, "visible_fraction": first.visible_fraction,
         "cam_box_area": first.boxes[0][2] * first.boxes[0][3] if first.boxes else 0.0,
     }
+    if label_set_indices:
+        signals["outside_prob"] = max(0.0, 1.0 - float(probabilities[label_set_indices].sum()))
     if first.boxes and first.second_object_box:  # 1: the second component points where the first does
         signals["second_object_iou"] = float(box_iou(to_corners(first.second_object_box), [to_corners(first.boxes[0])])[0])
     if first.on_object:
@@ -369,13 +375,14 @@ def sample_signals(models: list[AuditModel], sample: SampleEvidence, given_label
 
 
 def sample_fields(models: list[AuditModel], sample: SampleEvidence, given_label: str | None, given_index: int | None,
-                  map_paths: list[Path]) -> dict:
+                  map_paths: list[Path], label_set_indices: list[int] | None = None) -> dict:
     """The FiftyOne fields of one scanned sample: ``predictions`` (the ensemble's when several
     models), ``eigencam`` (a PNG at ``map_paths[0]``), ``eigencam_box``, ``eigencam_pc2`` and the
     class maps ``gradcam_pred`` / ``gradcam_given`` (inline, small) of the first model,
     ``audit_signals``; with several models, per other model ``eigencam_<model>`` and
-    ``eigencam_box_<model>``, and per model ``predictions_<model>``."""
-    signals = sample_signals(models, sample, given_label, given_index)
+    ``eigencam_box_<model>``, and per model ``predictions_<model>``; per model its pooled embedding
+    (``embeddings``, ``embeddings_<model>`` for the others)."""
+    signals = sample_signals(models, sample, given_label, given_index, label_set_indices)
     results = sample.results
     fields = {
         names.PREDICTIONS: db.fo.Classification(label=signals["pred_label"], confidence=signals["pred_prob"]),
@@ -388,6 +395,8 @@ def sample_fields(models: list[AuditModel], sample: SampleEvidence, given_label:
     for name, map_field in (("pred", names.GRADCAM_PRED), ("given", names.GRADCAM_GIVEN)):
         small = first.class_maps.get(name)
         fields[map_field] = None if small is None else db.fo.Heatmap(map=small, range=[0, 255])
+    for index, result in enumerate(results):
+        fields[embeddings_field(models, index)] = result.embedding
     if len(models) > 1:
         for index, (model, result) in enumerate(zip(models, results)):
             suffix = field_suffix(model)
@@ -398,6 +407,11 @@ def sample_fields(models: list[AuditModel], sample: SampleEvidence, given_label:
     return fields
 
 
+def embeddings_field(models: list[AuditModel], index: int) -> str:
+    """Where model ``index`` of the scan's ``models`` stores its embeddings: ``embeddings`` for the first."""
+    return names.EMBEDDINGS if index == 0 else f"{names.EMBEDDINGS}_{field_suffix(models[index])}"
+
+
 def model_field_names(models: list[AuditModel]) -> list[str]:
     """The per-model fields a scan with ``models`` writes: none for one model; for an ensemble,
     ``predictions_<model>`` of each and ``eigencam_<model>`` / ``eigencam_box_<model>`` of all but the first."""
@@ -405,7 +419,7 @@ def model_field_names(models: list[AuditModel]) -> list[str]:
         return []
     suffixes = [field_suffix(model) for model in models]
     return [f"{names.PREDICTIONS}_{suffix}" for suffix in suffixes] + \
-        [f"{name}_{suffix}" for suffix in suffixes[1:] for name in (names.EIGENCAM, names.EIGENCAM_BOX)]
+        [f"{name}_{suffix}" for suffix in suffixes[1:] for name in (names.EIGENCAM, names.EIGENCAM_BOX, names.EMBEDDINGS)]
 
 
 def _map_fields(result: ModelEvidence, map_path: Path, suffix: str) -> dict:

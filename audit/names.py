@@ -19,6 +19,10 @@ WHY = "why"  # the decisive reason in a few words, shown on the App's tiles
 SUGGESTED = "suggested_label"
 ERROR = "audit_error"
 DONE = "audit_done"  # the scan key of the settings the sample was scanned with; written last
+EMBEDDINGS = "embeddings"  # the explained layer average-pooled (a vector field: FiftyOne Brain, the App's plots)
+HEAD_DONE = "audit_head_done"  # the key of the second phase (head, neighbours) the sample was judged in; written last
+SIMILARITY_KEY = "audit_similarity"  # FiftyOne Brain's similarity index on the embeddings (sort by similarity)
+VISUALIZATION_KEY = "audit_embeddings"  # FiftyOne Brain's 2-D map of the embeddings (the App's Embeddings panel)
 
 # --- fields the sources write ----------------------------------------------------------------------
 GROUND_TRUTH = "ground_truth"

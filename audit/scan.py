@@ -38,11 +38,13 @@ from audit.evidence import (EvidenceOptions, batch_evidence, field_suffix, model
                             sample_fields)
 from audit.explain.boxes import DEFAULT_THRESHOLD
 from audit.images import open_rgb
+from audit import second_phase
+from audit.head_choice import MODEL, HeadChoice, choose_head
 from audit.lock import LockError, ScanLock
 from audit.models.preprocess import Preprocess
 from audit.models.registry import AuditModel, check_ensemble
 
-SCAN_VERSION = 5  # bump when the fields a scan writes change meaning: older results are redone
+SCAN_VERSION = 6  # bump when the fields a scan writes change meaning: older results are redone
 PAGE_SIZE = 1000  # samples read from the database at a time
 
 
@@ -59,9 +61,15 @@ class ScanOptions:
     second_opinion: bool = True  # classify views of the samples in doubt (see audit.evidence)
     amp: bool | None = None  # mixed precision for the forward pass; None: on CUDA only
     threads: int | None = None  # torch threads of this process; None: torch's own default
+    head: str = "auto"  # which head judges the labels: auto, model or fit (see `audit.head_choice`)
 
     def evidence(self) -> EvidenceOptions:
         return EvidenceOptions(self.box_threshold, self.all_boxes, self.class_maps, self.second_opinion)
+
+    def first_phase_evidence(self, head: str) -> EvidenceOptions:
+        """With a fitted head, the class maps and second opinions wait for the head (the second phase)."""
+        evidence = self.evidence()
+        return evidence if head == MODEL else EvidenceOptions(self.box_threshold, self.all_boxes, False, False)
 
 
 @dataclass
@@ -72,6 +80,10 @@ class ScanSummary:
     interrupted: bool = False
     seconds: float = 0.0  # wall time of the streaming loop
     write_seconds: float = 0.0  # of which spent writing to the database
+    head: HeadChoice | None = None
+    judged: int = 0  # samples the second phase wrote (neighbours; with a fitted head, its probabilities)
+    classified_again: int = 0  # of which classified again through their fold's head (in doubt)
+    second_phase_seconds: float = 0.0
 
 
 class ImageFiles(Dataset):
@@ -97,10 +109,12 @@ class ImageFiles(Dataset):
             return {"index": key, "filepath": filepath, "images": blanks, "width": 0, "height": 0, "error": message}
 
 
-def scan_key(models: list[AuditModel], options: ScanOptions) -> str:
-    """A digest of everything that changes the results; samples done under another key are redone."""
+def scan_key(models: list[AuditModel], options: ScanOptions, head: str = MODEL) -> str:
+    """A digest of everything that changes the first phase's results; samples done under another key are redone."""
     settings_ = {"models": [model.settings() for model in models], "box_threshold": options.box_threshold,
                  "version": SCAN_VERSION}
+    if head != MODEL:
+        settings_["head"] = head
     for name in ("class_maps", "second_opinion"):  # named only when off
         if not getattr(options, name):
             settings_[name] = False
@@ -264,6 +278,11 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
     """Scan the unscanned samples of ``dataset`` (a dataset or a view) with ``models`` (one model,
     or several: an ensemble, see `audit.evidence.batch_evidence`).
 
+    Two phases: the first streams the images (forward pass, embeddings, Eigen-CAM, boxes; with the
+    model's head also the class maps and second opinions); the second (`audit.second_phase`) runs
+    once the first is through, over every scanned sample of the dataset: the neighbours' vote and,
+    with a fitted head (`audit.head_choice`), the fit and what depends on it.
+
     ``progress`` is a rich Progress or None. Raises `audit.lock.LockError` when another scan of
     the same dataset (and shard) runs. Ctrl-C (or SIGTERM) stops after writing what is done:
     ``interrupted`` is then set, and the same call resumes."""
@@ -272,7 +291,9 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
     check_ensemble(models)
     root = dataset._root_dataset  # ``dataset`` may be a view (the App's plugin)
     db.declare_audit_fields(root)
-    key = scan_key(models, options)
+    choice = choose_head(root, models[0], options.head)
+    evidence_options = options.first_phase_evidence(choice.kind)
+    key = scan_key(models, options, choice.kind)
     out_dir = db.maps_dir(dataset)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Per-model fields of earlier ensemble scans that this one does not write: cleared on each sample
@@ -290,19 +311,19 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
                 "models": [model.settings() for model in models], "key": key, "box_threshold": options.box_threshold,
                 "all_boxes": options.all_boxes, "class_maps": options.class_maps,
                 "second_opinion": options.second_opinion, "tool_version": audit.__version__},
-                model_fields=sorted(set(earlier_fields) | set(model_fields)))
+                model_fields=sorted(set(earlier_fields) | set(model_fields)), head=choice.info())
             workers = [runtimes.enter_context(model_runtime(model, options)) for model in models][0]
             total, done = count_shard(dataset, key, options.shard)
             skipped = 0 if options.restart else done
             todo = total - skipped if options.limit is None else min(total - skipped, options.limit)
             task = progress.add_task("scanning", total=todo) if progress else None
-            pending = PendingSamples(dataset, key, options, boxes=options.second_opinion)
+            pending = PendingSamples(dataset, key, options, boxes=evidence_options.second_opinion)
             for batch in make_loader(pending, models, options.batch_size, workers):
                 given_labels = [pending.given.pop(sample_id) for sample_id in batch["index"]]
                 given_indices = [model_class_index(models[0], label) for label in given_labels]
-                if options.second_opinion:
+                if evidence_options.second_opinion:
                     batch["gt_boxes"] = [pending.boxes.pop(sample_id, None) for sample_id in batch["index"]]
-                samples = batch_evidence(models, batch, given_indices, options.evidence())
+                samples = batch_evidence(models, batch, given_indices, evidence_options)
                 for row, (sample_id, sample) in enumerate(zip(batch["index"], samples)):
                     if sample is None:
                         unreadable += 1
@@ -311,8 +332,9 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
                     paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in suffixes]
                     written = [png_writer.submit(write_map, path, result.map)
                                for path, result in zip(paths, sample.results)]
-                    fields = sample_fields(models, sample, given_labels[row], given_indices[row], paths)
-                    writer.add(sample_id, {**fields, **cleared}, written)
+                    fields = sample_fields(models, sample, given_labels[row], given_indices[row], paths,
+                                           choice.label_set_indices)
+                    writer.add(sample_id, {**fields, **cleared, names.HEAD_DONE: None}, written)
                 if progress:
                     progress.advance(task, len(samples))
                 writer.flush_if_due()
@@ -323,14 +345,33 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
             interrupted = True
         finally:
             writer.flush()
-    return ScanSummary(writer.written, skipped, unreadable, interrupted, time.perf_counter() - started,
-                       writer.write_seconds)
+        summary = ScanSummary(writer.written, skipped, unreadable, interrupted, time.perf_counter() - started,
+                              writer.write_seconds, choice)
+        if not interrupted:
+            summary = _second_phase(root, models, key, choice, options, workers, progress, summary)
+    return summary
+
+
+def _second_phase(root, models: list[AuditModel], key: str, choice: HeadChoice, options: ScanOptions,
+                  workers: int, progress, summary: ScanSummary) -> ScanSummary:
+    """Run `audit.second_phase` over the dataset, one at a time (the shards of a split wait for
+    each other: the last one through judges every sample); Ctrl-C keeps what it wrote."""
+    started = time.perf_counter()
+    try:
+        with ScanLock(root.name, kind="head", wait=True, doing="judged"):
+            done = second_phase.run(root, models, key, choice, options.evidence(), options.batch_size, workers, progress)
+        summary.judged, summary.classified_again = done.judged, done.forwarded
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    summary.second_phase_seconds = time.perf_counter() - started
+    return summary
 
 
 def error_fields(message: str, models: list[AuditModel]) -> dict:
     """The fields of a sample whose image could not be read: the error, and no stale results."""
     fields = dict.fromkeys((names.PREDICTIONS, names.EIGENCAM, names.EIGENCAM_BOX, names.EIGENCAM_PC2,
-                            names.GRADCAM_PRED, names.GRADCAM_GIVEN, *model_field_names(models)))
+                            names.GRADCAM_PRED, names.GRADCAM_GIVEN, names.EMBEDDINGS, names.HEAD_DONE,
+                            *model_field_names(models)))
     return {**fields, names.ERROR: message, names.SIGNALS: {"error": message}}
 
 
@@ -367,11 +408,12 @@ def _sigterm_as_interrupt():
 
 class BulkWriter:
     """Buffers per-sample fields and writes them in bulk, one ``set_values`` per field; the done
-    marker goes last, once the heatmap files of those samples (and only those) are on disk."""
+    marker (``marker``: the field it goes to) goes last, once the heatmap files of those samples
+    (and only those) are on disk."""
 
-    def __init__(self, dataset, key: str):
+    def __init__(self, dataset, key: str, marker: str = names.DONE):
         self.dataset = dataset
-        self.key = key
+        self.key, self.marker = key, marker
         self.rows: dict[str, dict] = {}
         self.pending = []
         self.written = 0
@@ -396,7 +438,7 @@ class BulkWriter:
         for name in field_names:
             values = {sid: fields.get(name) for sid, fields in self.rows.items()}
             self.dataset.set_values(name, values, key_field="id")
-        self.dataset.set_values(names.DONE, {sid: self.key for sid in self.rows}, key_field="id")
+        self.dataset.set_values(self.marker, {sid: self.key for sid in self.rows}, key_field="id")
         self.write_seconds += time.perf_counter() - started
         self.written += len(self.rows)
         self.rows, self.pending = {}, []

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from audit import db, names
 from audit.data.classes import imagenet_names, resolve_imagenet_label
+from audit.head_choice import FIT
 from audit.score import THRESHOLDS, for_new_label, judge
 
 
@@ -55,15 +56,18 @@ MODEL_LABEL_SET_SOURCES = ("imagenet-val", "sample")
 
 
 def label_set(dataset) -> frozenset[str] | None:
-    """The classes a suggested label may name, as the model names them: None (any of the model's)
+    """The classes a suggested label may name, as the head names them: None (any of the model's)
     for the ImageNet sources; else the classes the dataset declares for its label field
-    (``dataset.classes`` or ``default_classes``), or failing that the labels it uses."""
-    if db.audit_info(dataset).get("source") in MODEL_LABEL_SET_SOURCES:
+    (``dataset.classes`` or ``default_classes``), or failing that the labels it uses (as they are
+    with a fitted head, as the model names them with its own)."""
+    info = db.audit_info(dataset)
+    if info.get("source") in MODEL_LABEL_SET_SOURCES:
         return None
     field = db.label_field(dataset)
     declared = dataset.classes.get(field) or dataset.default_classes
     used = declared or (dataset.distinct(f"{field}.label") if dataset.has_sample_field(field) else [])
-    return frozenset(_model_name(label) for label in used if label)
+    fitted = info.get("head", {}).get("kind") == FIT
+    return frozenset(label if fitted else _model_name(label) for label in used if label)
 
 
 def _model_name(label: str) -> str:
@@ -76,7 +80,7 @@ def _for_current_label(signals: dict, label: str | None) -> dict:
     if signals.get("error") or signals.get("given_label") == label:
         return signals
     old_index, old_label = signals.get("given_index"), signals.get("given_label")
-    imagenet = old_index is not None and resolve_imagenet_label(old_label) == old_index
+    imagenet = signals.get("head") != FIT and old_index is not None and resolve_imagenet_label(old_label) == old_index
     return for_new_label(signals, label, resolve_imagenet_label(label) if imagenet else None)
 
 

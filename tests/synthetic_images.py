@@ -64,3 +64,35 @@ def own_labels_csv(folder: Path) -> Path:
     table = folder / "labels.csv"
     table.write_text("filepath,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
     return table
+
+
+# A label set of its own, none of them ImageNet's classes: source photos per class.
+OWN_CLASSES = {"kitty": ["chelsea.jpg"], "bike": ["motorcycle.jpg", "motorcycle_front_wheel.jpg"],
+               "launch": ["rocket.jpg", "astronaut_shuttle_model.jpg"], "portrait": ["hopper_portrait.jpg", "hopper_tie.jpg"]}
+SMALL_CLASS = "teacup"  # two samples only (crops of coffee.jpg)
+
+
+def own_classes_folder(folder: Path, per_class: int = 8) -> tuple[Path, Path]:
+    """A folder of class sub-folders in OWN_CLASSES (``per_class`` seeded crops and mirror images
+    of each class's real photos), SMALL_CLASS with two, and one planted error: a crop of the cat
+    photo filed under 'bike'. Returns (the folder, the planted file)."""
+    photos = Path(__file__).resolve().parents[1] / "sample_data"
+    rng = np.random.default_rng(0)
+
+    def variant(source: str, path: Path) -> Path:
+        image = Image.open(photos / source).convert("RGB")
+        width, height = image.size
+        share = rng.uniform(0.7, 0.95)
+        w, h = int(width * share), int(height * share)
+        left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+        crop = image.crop((left, top, left + w, top + h))
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        crop.resize((320, round(320 * h / w))).save(path, quality=90)
+        return path
+
+    for label, sources in {**OWN_CLASSES, SMALL_CLASS: ["coffee.jpg"]}.items():
+        for i in range(per_class if label != SMALL_CLASS else 2):
+            variant(sources[i % len(sources)], folder / label / f"{label}_{i}.jpg")
+    return folder, variant("chelsea.jpg", folder / "bike" / "planted_cat.jpg")

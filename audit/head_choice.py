@@ -1,0 +1,68 @@
+"""Which head judges a dataset's labels: the model's own classes, or a head fitted on the dataset.
+
+``auto`` (the default) takes the model's head when every label is one of the model's classes (an
+ImageNet model on ImageNet labels, or on a part of them such as imagenette's ten), and a fitted
+head (`audit.fitted_head`) as soon as one label is not. On imagenette, the model's head over all
+its classes ranks the human-verified errors better than the same head restricted to the dataset's
+ten classes (benchmarks/any_labels.py): a photo showing none of the ten is only seen as such by a
+head that knows other classes. So the restriction is not a head of its own; what it would add, the
+probability outside the dataset's classes, is the signal ``outside_prob``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from audit import db
+from audit.errors import OptionError
+from audit.evidence import model_class_index
+from audit.models.registry import AuditModel
+
+HEADS = ("auto", "model", "fit")
+MODEL, FIT = "model", "fit"
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """The head a scan judges the labels with, and why (said in the summary and in ``dataset.info``)."""
+
+    kind: str  # MODEL or FIT
+    why: str
+    # The model's indices of the dataset's classes, where the labels are some of the model's classes only.
+    label_set_indices: list[int] | None = None
+
+    def info(self) -> dict:
+        return {"kind": self.kind, "why": self.why}
+
+
+def choose_head(dataset, model: AuditModel, requested: str = "auto") -> HeadChoice:
+    """The head for ``dataset``'s labels (``requested``: auto, model or fit)."""
+    if requested not in HEADS:
+        raise OptionError(f"'{requested}' is not one of {', '.join(HEADS)}", "--head")
+    field = db.label_field(dataset)
+    labels = sorted(dataset.distinct(f"{field}.label")) if dataset.has_sample_field(field) else []
+    indices = {label: model_class_index(model, label) for label in labels}
+    outside = [label for label, index in indices.items() if index is None]
+    subset = sorted({index for index in indices.values() if index is not None})
+    some = subset if not outside and 0 < len(subset) < len(model.classes) and not _model_labelled(dataset) else None
+    if requested == FIT or (requested == "auto" and outside):
+        if requested == FIT:
+            why = "asked for (--head fit)"
+        else:
+            named = ", ".join(f"'{label}'" for label in outside[:3]) + (" ..." if len(outside) > 3 else "")
+            why = f"{len(outside)} of the {len(labels)} labels are not classes of {model.name} ({named})"
+        return HeadChoice(FIT, why, None)
+    if requested == MODEL:
+        why = "asked for (--head model)"
+    elif some:
+        why = f"the {len(labels)} labels are classes of {model.name}"
+    else:
+        why = f"the labels are {model.name}'s classes"
+    return HeadChoice(MODEL, why, some)
+
+
+def _model_labelled(dataset) -> bool:
+    """Sources labelled in the model's own classes (ImageNet's 1000), whatever part of them they use."""
+    from audit.triage import MODEL_LABEL_SET_SOURCES
+
+    return db.audit_info(dataset).get("source") in MODEL_LABEL_SET_SOURCES

@@ -1,0 +1,225 @@
+"""The scan's second phase, once every sample has its embedding: the neighbours' vote for all, and
+with a fitted head the fit, each sample's out-of-fold probabilities, and for the samples in doubt
+the class maps and second opinions through their own fold's head (one more forward pass each).
+
+Resumable like the first phase: the phase's key (the scan key, the head, and every sample's
+label) is written to ``audit_head_done`` last, with the sample's fields; a killed run refits the
+same heads (folds from the ids, seeded; the fit is deterministic) and redoes only the samples
+without the key. Relabelled or newly added samples change the key: the heads are refitted from the
+stored embeddings, without running the network except for the samples in doubt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from audit import db, names, neighbours
+from audit.evidence import (DISTRIBUTION_TOP_K, TOP_K, batch_evidence, distribution_signals, embeddings_field,
+                            field_suffix, needs_second_opinion, sample_fields)
+from audit.fitted_head import FOLDS, SEED, FittedHeads, FoldHead, fit_heads
+from audit.head_choice import FIT, HeadChoice
+from audit.models.registry import AuditModel
+
+PHASE_VERSION = 1  # bump when the fields this phase writes change meaning
+CHUNK = 1000  # samples whose signals are read and written at a time
+PLOT_TSNE_FROM, PLOT_TSNE_UP_TO = 100, 20_000
+# Whole-image figures of the first phase kept when a fitted head replaces the model's probabilities.
+EIGEN_CAM_SIGNALS = ("cam_variance_ratio", "visible_fraction", "cam_box_area")
+
+
+@dataclass
+class SecondPhaseSummary:
+    judged: int  # samples written in this run
+    forwarded: int  # of which classified again through their fold's head (the samples in doubt)
+    head: str
+
+
+def phase_key(scan_key: str, choice: HeadChoice, ids: list[str], labels: list[str | None]) -> str:
+    """A digest of what the phase's results depend on: samples whose key differs are redone."""
+    digest = hashlib.sha256("\n".join(f"{i}:{label}" for i, label in zip(ids, labels)).encode()).hexdigest()
+    settings = {"scan": scan_key, "head": choice.kind, "folds": FOLDS, "seed": SEED, "k": neighbours.K,
+                "version": PHASE_VERSION, "labels": digest}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class WithFoldHead:
+    """A model whose classes are the dataset's and whose logits are one fold's fitted head on its
+    target layer: the scan's evidence code (probabilities, class maps, second opinions) runs on it
+    unchanged. Everything else is the model's."""
+
+    is_imagenet = False
+
+    def __init__(self, model: AuditModel, head: FoldHead, classes: list[str]):
+        self.model, self.fold_head, self.classes = model, head, tuple(classes)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def forward(self, images: torch.Tensor):
+        _logits, activations = self.model.forward(images)
+        return self.fold_head.logits_from_activations(activations[self.model.target_layer]), activations
+
+    def head(self):
+        return self.fold_head.logits_from_activations
+
+
+def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evidence_options, batch_size: int,
+        workers: int, progress=None) -> SecondPhaseSummary:
+    """The second phase over the samples of ``root`` scanned under ``scan_key`` (see the module)."""
+    from audit.scan import BulkWriter
+
+    scanned = root.match(db.F(names.DONE) == scan_key).exists(names.EMBEDDINGS).sort_by("_id", create_index=False)
+    label_path = f"{db.label_field(root)}.label"
+    ids, filepaths, labels, marks = scanned.values(["id", "filepath", label_path, names.HEAD_DONE])
+    if not ids:
+        return SecondPhaseSummary(0, 0, choice.kind)
+    key = phase_key(scan_key, choice, ids, labels)
+    todo = [row for row, mark in enumerate(marks) if mark != key]
+    if not todo:
+        return SecondPhaseSummary(0, 0, choice.kind)
+    embeddings = [np.stack(scanned.values(embeddings_field(models, index))) for index in range(len(models))]
+    votes = neighbours.votes(embeddings[0], labels, filepaths)
+    fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind == FIT else None
+    task = progress.add_task("judging", total=len(todo)) if progress else None
+    writer = BulkWriter(root, key, marker=names.HEAD_DONE)
+    doubt: dict[int, tuple] = {}  # row -> (its signals, its prediction) from the stored embedding, for those classified again
+    for start in range(0, len(todo), CHUNK):
+        rows = todo[start:start + CHUNK]
+        stored = dict(zip(*root.select([ids[r] for r in rows]).values(["id", names.SIGNALS])))
+        for row in rows:
+            signals = {**stored[ids[row]], "neighbours": votes[row]}
+            if fitted is None:
+                writer.add(ids[row], {names.SIGNALS: signals})
+                continue
+            signals, prediction, in_doubt = _fitted_signals(signals, fitted, row, labels[row])
+            if in_doubt and evidence_options.second_opinion:
+                doubt[row] = signals, prediction
+                continue
+            writer.add(ids[row], {names.SIGNALS: signals, names.PREDICTIONS: prediction})
+        if progress:
+            progress.advance(task, sum(row not in doubt for row in rows))
+        writer.flush()
+    if doubt:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-maps") as png_writer:
+            for fold in range(FOLDS):
+                rows = [row for row in doubt if fitted[0].folds[row] == fold]
+                if not rows:
+                    continue
+                heads = [WithFoldHead(model, f.heads[fold], f.classes) for model, f in zip(models, fitted)]
+                for batch_rows, fields in _classify_again(root, heads, rows, ids, filepaths, labels, evidence_options,
+                                                          batch_size, workers, png_writer):
+                    for row, (fields_, written) in zip(batch_rows, fields):
+                        signals, prediction = doubt[row]
+                        if fields_ is None:  # unreadable since the first phase: judged on its embedding
+                            writer.add(ids[row], {names.SIGNALS: signals, names.PREDICTIONS: prediction})
+                            continue
+                        # the whole image as judged from the stored embedding, the views from this pass
+                        fields_[names.SIGNALS] = {**fields_[names.SIGNALS], **signals}
+                        fields_[names.PREDICTIONS] = prediction
+                        writer.add(ids[row], fields_, written)
+                    if progress:
+                        progress.advance(task, len(batch_rows))
+                    writer.flush_if_due()
+    writer.flush()
+    index_embeddings(root)
+    return SecondPhaseSummary(writer.written, len(doubt), choice.kind)
+
+
+def index_embeddings(root) -> None:
+    """FiftyOne Brain runs on the stored embeddings, for the App: a similarity index (sort by
+    similarity from a flagged sample; scikit-learn backend, cosine) and a 2-D map of the dataset
+    (the Embeddings panel): UMAP where umap-learn is installed, else t-SNE, or PCA for fewer than
+    PLOT_TSNE_FROM or more than PLOT_TSNE_UP_TO samples (t-SNE's time grows too fast beyond)."""
+    import importlib.util
+    import logging
+
+    import fiftyone.brain as fob
+
+    view = root.exists(names.EMBEDDINGS)
+    for key in (names.SIMILARITY_KEY, names.VISUALIZATION_KEY):
+        if root.has_brain_run(key):
+            root.delete_brain_run(key)
+    if len(view) < 3:
+        return
+    count = len(view)
+    method = ("umap" if importlib.util.find_spec("umap") else "tsne") if PLOT_TSNE_FROM <= count <= PLOT_TSNE_UP_TO else "pca"
+    quiet = logging.getLogger("fiftyone.brain")
+    level, quiet.level = quiet.level, logging.WARNING
+    try:
+        fob.compute_similarity(view, embeddings=names.EMBEDDINGS, backend="sklearn", metric="cosine",
+                               brain_key=names.SIMILARITY_KEY, progress=False)
+        fob.compute_visualization(view, embeddings=names.EMBEDDINGS, method=method, brain_key=names.VISUALIZATION_KEY,
+                                  seed=SEED, verbose=False, progress=False)
+    finally:
+        quiet.level = level
+
+
+def _classify_again(root, heads: list[WithFoldHead], rows: list[int], ids, filepaths, labels, evidence_options,
+                    batch_size: int, workers: int, png_writer):
+    """The samples at ``rows`` (all of one fold) through the scan's evidence code with the fold's
+    heads: per batch, (its rows, [(fields, pending map files)])."""
+    from audit.scan import make_loader, write_map
+
+    out_dir = db.maps_dir(root)
+    boxes = {}
+    if root.has_sample_field(names.GT_BOXES):
+        boxes = dict(zip(*root.select([ids[r] for r in rows]).values(["id", f"{names.GT_BOXES}.detections.bounding_box"])))
+    classes = list(heads[0].classes)
+    suffixes = [""] + [f".{field_suffix(head)}" for head in heads[1:]]
+    position = {ids[r]: r for r in rows}
+    items = [(ids[r], filepaths[r]) for r in rows]
+    for batch in make_loader(items, heads, batch_size, workers):
+        batch_rows = [position[sample_id] for sample_id in batch["index"]]
+        given = [classes.index(labels[r]) if labels[r] in classes else None for r in batch_rows]
+        batch["gt_boxes"] = [boxes.get(sample_id) or None for sample_id in batch["index"]]
+        samples = batch_evidence(heads, batch, given, evidence_options)
+        fields = []
+        for row, sample_id, sample, given_index in zip(batch_rows, batch["index"], samples, given):
+            if sample is None:
+                fields.append((None, []))
+                continue
+            paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in suffixes]
+            written = [png_writer.submit(write_map, path, result.map) for path, result in zip(paths, sample.results)]
+            computed = sample_fields(heads, sample, labels[row], given_index, paths)
+            for index in range(len(heads)):  # the first phase's embeddings stay what the heads were fitted on
+                computed.pop(embeddings_field(heads, index))
+            fields.append((computed, written))
+        yield batch_rows, fields
+
+
+def _fitted_signals(stored: dict, fitted: list[FittedHeads], row: int, label: str | None) -> tuple[dict, object, bool]:
+    """The sample's signals with the whole-image figures of the fitted heads (the mean over the
+    models' out-of-fold probabilities), the model's own top classes kept as ``model_top``; its
+    prediction; and whether it is in doubt (`audit.evidence.needs_second_opinion`)."""
+    classes = fitted[0].classes
+    probabilities = torch.from_numpy(np.mean([f.probabilities[row] for f in fitted], axis=0))
+    given_index = classes.index(label) if label in classes else None
+    whole = distribution_signals(probabilities, given_index, classes)
+    model_top = stored.get("model_top") if stored.get("head") == FIT else stored.get("top")
+    signals = {key: stored[key] for key in EIGEN_CAM_SIGNALS if key in stored}
+    signals.update(_head_signals(whole, label, given_index, classes), neighbours=stored["neighbours"],
+                   model_top=model_top, head=FIT, classes=len(classes), class_seen=int(fitted[0].class_seen[row]),
+                   class_examples=_examples(fitted[0], label))
+    prediction = db.fo.Classification(label=whole["top_label"], confidence=whole["top_prob"])
+    return signals, prediction, needs_second_opinion(probabilities, given_index)
+
+
+def _head_signals(whole: dict, label: str | None, given_index: int | None, classes: list[str]) -> dict:
+    """The whole-image part of ``audit_signals`` (as `audit.evidence.sample_signals` writes it)."""
+    return {"pred_index": whole["top_index"], "pred_label": whole["top_label"], "pred_prob": whole["top_prob"],
+            "top_labels": [c for c, _ in whole["top"][:TOP_K]], "top_probs": [p for _, p in whole["top"][:TOP_K]],
+            "top": whole["top"][:DISTRIBUTION_TOP_K], "given_label": label, "given_index": given_index,
+            "given_class": None if given_index is None else classes[given_index],
+            **{k: whole[k] for k in ("given_prob", "max_other_prob", "given_rank") if k in whole}}
+
+
+def _examples(fitted: FittedHeads, label: str | None) -> int:
+    """How many samples carry ``label`` (0 for none)."""
+    return fitted.class_counts.get(label, 0) if label is not None else 0

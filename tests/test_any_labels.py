@@ -1,0 +1,154 @@
+"""Any label set (real photos, the real model, a real database): a folder in classes of its own is
+judged by a fitted, out-of-fold head, with its embeddings, neighbours and explanations; the
+planted error ranks first; a class of two is handled; the second phase resumes to the same
+result; ImageNet-labelled data keeps the model's own head."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from audit import db, names
+from audit.cli import app
+from audit.fitted_head import fit_heads
+from audit.score import judge
+
+from conftest import scan_sample
+from synthetic_images import OWN_CLASSES, SMALL_CLASS, own_classes_folder
+
+runner = CliRunner()
+NAME = "own-classes"
+
+
+@pytest.fixture(scope="module")
+def scanned(tmp_path_factory):
+    folder, planted = own_classes_folder(tmp_path_factory.mktemp("own-classes"))
+    result = runner.invoke(app, ["scan", "folder", "--root", str(folder), "--name", NAME, "--workers", "0",
+                                 "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    return db.load_dataset(NAME), planted, result.output
+
+
+def rows(dataset) -> dict[str, tuple]:
+    """filepath -> (score, category, reasons, why) of every sample."""
+    columns = dataset.values(["filepath", names.SCORE, names.CATEGORY, names.REASONS, names.WHY])
+    return {path: values for path, *values in zip(*columns) for values in [tuple(values)]}
+
+
+def test_a_label_set_of_its_own_is_judged_by_a_fitted_head(scanned):
+    dataset, _planted, output = scanned
+    assert "head: fit (" in output
+    assert db.audit_info(dataset)["head"]["kind"] == "fit"
+    predicted = set(dataset.distinct(f"{names.PREDICTIONS}.label"))
+    assert predicted <= set(OWN_CLASSES) | {SMALL_CLASS}  # the dataset's classes, not ImageNet's
+    assert dataset.exists(names.SCORE).count() >= len(dataset) - 2  # all but, at most, the class of two
+
+
+def test_the_planted_error_ranks_first_with_a_score_and_a_reason(scanned):
+    dataset, planted, _ = scanned
+    first = db.flagged_view(dataset).first()
+    assert first.filepath == str(planted)
+    assert first[names.CATEGORY] == names.SUSPECTED_MISLABEL
+    assert first[names.SCORE] > 0.9
+    assert first[names.SUGGESTED] == "kitty"
+    assert any("nearest neighbours are labelled 'kitty'" in reason for reason in first[names.REASONS])
+
+
+def test_embeddings_are_what_the_model_s_classifier_reads(scanned, embedded_model):
+    dataset, _, _ = scanned
+    embeddings, signals = dataset.values([names.EMBEDDINGS, names.SIGNALS])
+    assert all(e.shape == (1280,) and e.dtype == np.float32 for e in embeddings)
+    logits = embedded_model.network.get_classifier()(torch.from_numpy(np.stack(embeddings)))
+    # the model's own top class (kept beside the fitted head's) is the classifier's argmax on the embedding
+    model_top = [s["model_top"][0][0] for s in signals]
+    assert [embedded_model.classes[i] for i in logits.argmax(1).tolist()] == model_top
+
+
+def test_class_maps_and_second_opinions_come_from_the_fold_head(scanned):
+    dataset, planted, _ = scanned
+    sample = dataset.match(db.F("filepath") == str(planted)).first()
+    assert sample[names.GRADCAM_PRED] is not None and sample[names.GRADCAM_PRED].map.max() == 255
+    views = sample[names.SIGNALS]["views"]
+    assert {"flip", "object"} <= set(views)
+    assert views["flip"]["top_label"] in set(OWN_CLASSES) | {SMALL_CLASS}
+
+
+def test_a_class_of_two_is_judged_and_says_so(scanned):
+    dataset, _, _ = scanned
+    small = dataset.match(db.F(f"{names.GROUND_TRUTH}.label") == SMALL_CLASS)
+    assert len(small) == 2
+    for reasons in small.values(names.REASONS):
+        assert any("only 2 samples are labelled 'teacup'" in r or "too few" in r for r in reasons), reasons
+
+
+def test_out_of_fold_honesty(scanned):
+    """Changing one sample's own label leaves its own probabilities exactly as they were."""
+    dataset, _, _ = scanned
+    ids, embeddings, labels = dataset.sort_by("_id").values(["id", names.EMBEDDINGS, f"{names.GROUND_TRUTH}.label"])
+    embeddings = np.stack(embeddings)
+    before = fit_heads(ids, embeddings, labels)
+    row = labels.index("kitty")
+    changed = list(labels)
+    changed[row] = "launch"
+    after = fit_heads(ids, embeddings, changed)
+    np.testing.assert_array_equal(before.probabilities[row], after.probabilities[row])
+    others = [r for r in range(len(ids)) if before.folds[r] != before.folds[row]]
+    assert not np.allclose(before.probabilities[others], after.probabilities[others])  # they learnt the change
+
+
+class StopAfter:
+    """A progress display that stops the scan (as Ctrl-C does) at its ``calls``-th step of the second phase."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def add_task(self, description, total=None):
+        return description
+
+    def advance(self, task, steps=1):
+        if task == "judging":
+            self.calls -= 1
+            if self.calls == 0:
+                raise KeyboardInterrupt
+
+
+def test_the_second_phase_interrupted_and_resumed_gives_the_same_result(scanned, embedded_model):
+    from audit.scan import ScanOptions, scan
+    from audit.triage import rescore
+
+    dataset, _, _ = scanned
+    before = rows(dataset)
+    dataset.set_values(names.HEAD_DONE, dict.fromkeys(dataset.values("id")), key_field="id")
+    options = ScanOptions(workers=0, batch_size=4)
+    stopped = scan(dataset, embedded_model, options, progress=StopAfter(2))
+    assert stopped.interrupted
+    left = len(dataset.match(db.F(names.HEAD_DONE) == None))  # noqa: E711
+    assert 0 < left < len(dataset)
+    resumed = scan(dataset, embedded_model, options)
+    assert not resumed.interrupted and resumed.judged == left
+    rescore(dataset)
+    after = rows(dataset)
+    assert after.keys() == before.keys()
+    for path, (score, category, reasons, why) in before.items():
+        assert after[path][1:] == (category, reasons, why), path
+        assert after[path][0] == pytest.approx(score, abs=1.5e-4), path  # stored at 4 decimals
+
+
+def test_the_app_can_sort_by_similarity_and_plot_the_embeddings(scanned):
+    dataset, planted, _ = scanned
+    assert {names.SIMILARITY_KEY, names.VISUALIZATION_KEY} <= set(dataset.list_brain_runs())
+    query = dataset.match(db.F("filepath") == str(planted)).first().id
+    nearest = dataset.sort_by_similarity(query, k=3, brain_key=names.SIMILARITY_KEY)
+    assert Path(nearest.first().filepath).parent.name in ("kitty", "bike")
+
+
+def test_an_imagenet_dataset_keeps_the_model_s_head_and_its_scores():
+    dataset = scan_sample("any-labels-imagenet")
+    assert db.audit_info(dataset)["head"]["kind"] == "model"
+    signals, scores = dataset.exists(names.SCORE).values([names.SIGNALS, names.SCORE])
+    assert all("neighbours" in s for s in signals)
+    # the neighbours' vote is shown, not scored, with the model's head: the score is the model's alone
+    alone = [judge({k: v for k, v in s.items() if k != "neighbours"}).mislabel_score for s in signals]
+    assert scores == pytest.approx(alone, abs=1e-4)
