@@ -1,8 +1,10 @@
 """Which head judges a dataset's labels: the model's own classes, or a head fitted on the dataset.
 
-``auto`` (the default) takes the model's head when every label is one of the model's classes (an
-ImageNet model on ImageNet labels, or on a part of them such as imagenette's ten), and a fitted
-head (`audit.fitted_head`) as soon as one label is not. On imagenette, the model's head over all
+``auto`` (the default) takes the model's head when the labels are the model's classes (an ImageNet
+model on ImageNet labels, or on a part of them such as imagenette's ten), and a fitted head
+(`audit.fitted_head`) as soon as a label that is not one of them is a class of the dataset's own:
+carried by at least OWN_CLASS_SAMPLES samples. Fewer are stray labels (a typo, a leftover), said
+to be unknown to the model, on samples the model's head judges. On imagenette, the model's head over all
 its classes ranks the human-verified errors better than the same head restricted to the dataset's
 ten classes (benchmarks/any_labels.py): a photo showing none of the ten is only seen as such by a
 head that knows other classes. So the restriction is not a head of its own; what it would add, the
@@ -19,6 +21,7 @@ from audit.evidence import model_class_index
 from audit.models.registry import AuditModel
 
 HEADS = ("auto", "model", "fit")
+OWN_CLASS_SAMPLES = 5  # a fitted head's folds: fewer samples of a class are too few to fit on
 MODEL, FIT = "model", "fit"
 
 
@@ -40,11 +43,13 @@ def choose_head(dataset, model: AuditModel, requested: str = "auto") -> HeadChoi
     if requested not in HEADS:
         raise OptionError(f"'{requested}' is not one of {', '.join(HEADS)}", "--head")
     field = db.label_field(dataset)
-    labels = sorted(dataset.distinct(f"{field}.label")) if dataset.has_sample_field(field) else []
+    counts = dataset.count_values(f"{field}.label") if dataset.has_sample_field(field) else {}
+    labels = sorted(label for label in counts if label is not None)
     indices = {label: model_class_index(model, label) for label in labels}
-    outside = [label for label, index in indices.items() if index is None]
+    outside = [label for label, index in indices.items() if index is None and counts[label] >= OWN_CLASS_SAMPLES]
     subset = sorted({index for index in indices.values() if index is not None})
-    some = subset if not outside and 0 < len(subset) < len(model.classes) and not _model_labelled(dataset) else None
+    strays = any(index is None for index in indices.values())
+    some = subset if not strays and 0 < len(subset) < len(model.classes) and not _model_labelled(dataset) else None
     if requested == FIT or (requested == "auto" and outside):
         if requested == FIT:
             why = "asked for (--head fit)"

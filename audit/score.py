@@ -223,7 +223,7 @@ def judge(signals: dict, use_views: bool = True, label_set: frozenset[str] | Non
     # consensus's best other class (the runner-up where the label wins), one of the dataset's classes.
     candidates = ([judged["top_label"]] if dominant_is_another else []) + _ranked(agreed, signals, views)
     suggestion, outside = suggest(candidates, given, label_set)
-    outside = none_of_the_classes(signals) or outside
+    outside = outside or none_of_the_classes(signals)
 
     def verdict(category: str, decisive: str, why: str) -> Verdict:
         return Verdict(category, score, [decisive, *context, *([outside] if outside else [])], suggestion, why)

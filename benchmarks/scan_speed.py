@@ -17,6 +17,13 @@ The database is a throwaway mongod of its own (tests/throwaway_db.py) in the tem
 their ratio: the scan streams, so memory must not grow with the number of images beyond the
 dataset's own documents.
 
+(b) reports its second phase (`audit.second_phase`: the neighbours' vote, FiftyOne Brain's index
+and 2-D map; with a fitted head the fit and the samples in doubt) apart, as a share of the scan.
+--imagenette scans ../shared/data/imagenette (its 2,494 photos, its labels) instead of replicas.
+--second-phase-memory runs the second phase alone over 5,000 and 50,000 samples (or --sizes)
+replicated from a scan of 1,000 (their embeddings with a little noise, their signals), each in a
+process of its own, and prints the peak memory of each and their ratio.
+
 Run (CPU timings mean something only on an otherwise idle machine; the load average is printed):
     .venv/bin/python benchmarks/scan_speed.py                   # N = 2000: a, b, c
     .venv/bin/python benchmarks/scan_speed.py --memory          # peak memory at 2,000 and 20,000
@@ -39,6 +46,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SOURCE = REPO.parent / "shared" / "data" / "imagenet-samples"
+IMAGENETTE = REPO.parent / "shared" / "data" / "imagenette" / "labels.csv"
 
 
 def replicate(n: int, folder: Path) -> Path:
@@ -107,11 +115,55 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
             options.class_maps = options.second_opinion = False
         summary = audit_dataset(db.load_dataset(name), models, options).scan  # scoring's memory counts too
         result = {"images": summary.scanned, "seconds": summary.seconds, "write_seconds": summary.write_seconds,
+                  "second_phase_seconds": summary.second_phase_seconds,
                   "workers": plan_resources(model.device, options.workers)[0], "threads": torch.get_num_threads()}
     result.update(mode=mode, img_s=result["images"] / result["seconds"], peak_mb=peak_mb(resource.RUSAGE_SELF),
                   workers_peak_mb=peak_mb(resource.RUSAGE_CHILDREN), device=str(model.device),
                   batch_size=options.batch_size)
     return result
+
+
+def grow(base: str, name: str, n: int) -> None:
+    """A dataset of ``n`` samples, each a copy of one of ``base``'s (cycling) with its embedding
+    jittered: as if ``n`` photos had been through the first phase."""
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+
+    from audit import db, names
+
+    source = db.load_dataset(base)
+    columns = source.exists(names.EMBEDDINGS).values(["filepath", f"{names.GROUND_TRUTH}.label", names.EMBEDDINGS,
+                                                      names.SIGNALS, names.DONE])
+    rows = list(zip(*columns))
+    if db.fo.dataset_exists(name):
+        db.delete_dataset(name)
+    dataset = db.fo.Dataset(name, persistent=True)
+    dataset.info = {"audit": db.audit_info(source)}
+    dataset.save()
+    rng = np.random.default_rng(0)
+    for start in range(0, n, 5000):
+        batch = []
+        for i in range(start, min(n, start + 5000)):
+            filepath, label, embedding, signals, done = rows[i % len(rows)]
+            jitter = embedding * (1 + 0.05 * rng.standard_normal(embedding.shape).astype(np.float32))
+            batch.append(db.fo.Sample(filepath=filepath, ground_truth=db.fo.Classification(label=label),
+                                      **{names.EMBEDDINGS: jitter, names.SIGNALS: signals, names.DONE: done}))
+        dataset.add_samples(batch, progress=False)
+
+
+def second_phase_alone(name: str) -> dict:
+    sys.path.insert(0, str(REPO))
+    from audit import db, second_phase
+    from audit.evidence import EvidenceOptions
+    from audit.head_choice import choose_head
+    from audit.models.registry import load_model
+
+    dataset = db.load_dataset(name)
+    model = load_model("efficientnet_lite0", device="auto")
+    key = db.audit_info(dataset)["scan"]["key"]
+    started = time.perf_counter()
+    done = second_phase.run(dataset, [model], key, choose_head(dataset, model), EvidenceOptions(), 32, 0)
+    return {"judged": done.judged, "seconds": time.perf_counter() - started, "peak_mb": peak_mb(resource.RUSAGE_SELF)}
 
 
 def ingest(table: Path, name: str) -> None:
@@ -132,7 +184,7 @@ def run_child(args: list[str], env: dict) -> dict:
 
 
 def measure(mode: str, n: int, folder: Path, env: dict, options: argparse.Namespace, suffix: str = "") -> dict:
-    table = replicate(n, folder)
+    table = IMAGENETTE if options.imagenette else replicate(n, folder)
     name = f"bench-{mode}-{n}{suffix}"
     if mode != "a":
         run_child(["--ingest", str(table), "--name", name], env)
@@ -151,6 +203,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--keep", help="use (and keep) this folder instead of a temporary one")
+    parser.add_argument("--imagenette", action="store_true", help="scan imagenette's photos and labels")
+    parser.add_argument("--second-phase-memory", action="store_true",
+                        help="peak memory of the second phase alone at --sizes (default 5000,50000)")
+    parser.add_argument("--grow", nargs=3, metavar=("BASE", "NAME", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--phase2", metavar="NAME", help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CSV"), help=argparse.SUPPRESS)
     parser.add_argument("--ingest", metavar="CSV", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
@@ -164,6 +221,13 @@ def main() -> None:
         ingest(Path(options.ingest), options.name)
         print("{}")
         return
+    if options.grow:
+        grow(options.grow[0], options.grow[1], int(options.grow[2]))
+        print("{}")
+        return
+    if options.phase2:
+        print(json.dumps(second_phase_alone(options.phase2)))
+        return
 
     folder = Path(options.keep) if options.keep else Path(tempfile.mkdtemp(prefix="audit-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -174,7 +238,18 @@ def main() -> None:
     env = dict(os.environ)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start; data in {folder}")
     try:
-        if options.memory:
+        if options.second_phase_memory:
+            sizes = [int(s) for s in (options.sizes if options.sizes != "2000,20000" else "5000,50000").split(",")]
+            measure("b", 1000, folder, env, options, suffix="-base")
+            rows = []
+            for n in sizes:
+                run_child(["--grow", "bench-b-1000-base", f"bench-phase2-{n}", str(n)], env)
+                rows.append(run_child(["--phase2", f"bench-phase2-{n}"], env))
+            print(f"{'samples':>8} {'seconds':>8} {'peak MB':>8}")
+            for n, row in zip(sizes, rows):
+                print(f"{n:>8} {row['seconds']:>8.1f} {row['peak_mb']:>8.0f}")
+            print(f"second phase peak memory at {sizes[-1]} / at {sizes[0]}: {rows[-1]['peak_mb'] / rows[0]['peak_mb']:.3f}")
+        elif options.memory:
             sizes = [int(s) for s in options.sizes.split(",")]
             rows = [measure("b", n, folder, env, options) for n in sizes]
             print(f"{'images':>8} {'img/s':>7} {'peak MB':>8} {'workers':>8}")
@@ -205,6 +280,10 @@ def main() -> None:
             for mode in ("c", "b"):
                 if mode in results and "a" in results:
                     print(f"{mode}/a = {results[mode]['img_s'] / results['a']['img_s']:.3f}")
+            if "b" in results:
+                b = results["b"]
+                print(f"(b)'s second phase: {b['second_phase_seconds']:.1f} s, "
+                      f"{100 * b['second_phase_seconds'] / b['seconds']:.1f} % of its first phase ({b['seconds']:.1f} s)")
             if "e" in results and "b" in results:
                 print(f"e/b = {results['e']['img_s'] / results['b']['img_s']:.3f} (the ensemble against Lite0 alone)")
         print(f"load average {os.getloadavg()[0]:.2f} at the end")

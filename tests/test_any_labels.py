@@ -19,7 +19,7 @@ from conftest import scan_sample
 from synthetic_images import OWN_CLASSES, SMALL_CLASS, own_classes_folder
 
 runner = CliRunner()
-NAME = "own-classes"
+NAME = "own-classes-fitted"
 
 
 @pytest.fixture(scope="module")
