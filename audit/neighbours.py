@@ -15,8 +15,9 @@ from collections import Counter
 import numpy as np
 
 K = 10
-# Cosine at or above which two photos are the same picture (a resize, a re-encode, a small crop).
-# Chosen on imagenette (ImageNet train and validation photos): see the README.
+# Cosine at or above which two photos are the same picture: on imagenette (EfficientNet-Lite0), a
+# photo's mirror image, its 90 % crop or a brightness change reach 0.93-0.97 (a tenth of them less),
+# while no two of its 2,494 distinct photos reach 0.90 (nor cifar10-dev's 3,083).
 DUPLICATE_SIMILARITY = 0.92
 CHUNK_ROWS = 256
 

@@ -250,6 +250,10 @@ def judge(signals: dict, use_views: bool = True, label_set: frozenset[str] | Non
                      f"the model is unsure: '{given}' and '{agreed['top_label']}' are close "
                      f"({agreed['given_prob']:.2f} and {agreed['top_prob']:.2f} over the views)")
             return verdict(CLASSIFIER_FAILURE, close, f"the model is unsure of '{given}'")
+        twin = (signals.get("neighbours") or {}).get("duplicate")
+        if twin:  # one of the two labels is wrong, or the photo shows both
+            context.remove(duplicate_reason(twin))
+            return verdict(AMBIGUOUS, duplicate_reason(twin), f"a near-duplicate is labelled '{twin['label']}'")
         return Verdict(OK, score, few, None, None)
 
     label_object = max(((place, view) for place, view in (("the second object", second),
@@ -310,15 +314,16 @@ def neighbour_reasons(vote: dict | None, given: str) -> list[str]:
     most neighbours carrying another label (see `audit.neighbours`)."""
     if not vote:
         return []
-    reasons = []
     twin = vote.get("duplicate")
-    if twin:
-        reasons.append(f"a near-duplicate, {twin['filepath'].rsplit('/', 1)[-1]}, is labelled '{twin['label']}' "
-                       f"(cosine {twin['similarity']:.2f})")
+    reasons = [duplicate_reason(twin)] if twin else []
     if vote["k"] and vote["other_share"] >= NEIGHBOURS_DISAGREE and vote["label"] != given:
         reasons.append(f"{round(vote['label_share'] * vote['k'])} of its {vote['k']} nearest neighbours are "
                        f"labelled '{vote['label']}'")
     return reasons
+
+
+def duplicate_reason(twin: dict) -> str:
+    return f"a near-duplicate, {twin['filepath'].rsplit('/', 1)[-1]}, is labelled '{twin['label']}' (cosine {twin['similarity']:.2f})"
 
 
 def few_examples_reason(signals: dict) -> str:

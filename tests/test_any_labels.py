@@ -152,3 +152,27 @@ def test_an_imagenet_dataset_keeps_the_model_s_head_and_its_scores():
     # the neighbours' vote is shown, not scored, with the model's head: the score is the model's alone
     alone = [judge({k: v for k, v in s.items() if k != "neighbours"}).mislabel_score for s in signals]
     assert scores == pytest.approx(alone, abs=1e-4)
+
+
+def test_a_near_duplicate_labelled_otherwise_is_named(scanned, embedded_model):
+    """The mirror image of a photo, filed under another label: the vote names it, the verdict says so."""
+    from PIL import Image
+
+    from audit import neighbours
+    from audit.images import open_rgb
+
+    dataset, _, _ = scanned
+    filepaths, labels, embeddings = dataset.sort_by("_id").values(["filepath", f"{names.GROUND_TRUTH}.label",
+                                                                  names.EMBEDDINGS])
+    row = labels.index("launch")
+    mirror = open_rgb(filepaths[row]).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    with torch.inference_mode():
+        _, activations = embedded_model.forward(embedded_model.preprocess(mirror)[None])
+    twin = activations[embedded_model.target_layer].float().mean(dim=(2, 3))[0].numpy()
+    vote = neighbours.votes(np.stack([*embeddings, twin]), [*labels, "portrait"], [*filepaths, "/x/mirror.jpg"])[row]
+    assert vote["duplicate"]["filepath"] == "/x/mirror.jpg" and vote["duplicate"]["label"] == "portrait"
+    assert vote["duplicate"]["similarity"] >= neighbours.DUPLICATE_SIMILARITY
+    signals = {**dataset.match(db.F("filepath") == filepaths[row]).first()[names.SIGNALS], "neighbours": vote}
+    verdict = judge(signals)
+    assert any(r.startswith("a near-duplicate, mirror.jpg, is labelled 'portrait'") for r in verdict.reasons)
+    assert verdict.category != names.OK
