@@ -334,6 +334,20 @@ def agreement_signals(results: list[ModelEvidence], ensemble_top: int) -> dict:
     return {"models_agree": sum(agree) / len(agree), "box_iou": sum(ious) / len(ious) if ious else 1.0}
 
 
+def in_set_signals(probabilities: torch.Tensor, label_set_indices: list[int], given_index: int,
+                   classes: list[str]) -> dict:
+    """The whole image's standing among the dataset's classes only (the model's probabilities
+    renormalised over them): the label's probability, the best other's, and which that is."""
+    in_set = probabilities[label_set_indices]
+    in_set = in_set / in_set.sum().clamp_min(1e-12)
+    given = label_set_indices.index(given_index)
+    others = in_set.clone()
+    others[given] = -1.0
+    best = int(others.argmax())
+    return {"given_prob": float(in_set[given]), "max_other_prob": float(others[best]),
+            "top_other": classes[label_set_indices[best]]}
+
+
 def sample_signals(models: list[AuditModel], sample: SampleEvidence, given_label: str | None,
                    given_index: int | None, label_set_indices: list[int] | None = None) -> dict:
     """What the scoring reads (``audit_signals``): the prediction (the ensemble's mean probability
@@ -343,7 +357,8 @@ def sample_signals(models: list[AuditModel], sample: SampleEvidence, given_label
     (``views``, averaged over the models), from which the scoring forms its consensus; with several
     models, each model's own standing (``models``) and their agreement. With ``label_set_indices``
     (the model's indices of the dataset's classes, when it uses some of them only), ``outside_prob``:
-    the probability the whole image puts on classes outside the dataset's (high = none of them fits)."""
+    the probability the whole image puts on classes outside the dataset's (high = none of them fits),
+    and ``in_set``: the label's standing among the dataset's classes alone (`in_set_signals`)."""
     classes = models[0].classes
     results, first = sample.results, sample.results[0]
     probabilities = torch.stack([r.probabilities for r in results]).mean(0)
@@ -359,6 +374,8 @@ def sample_signals(models: list[AuditModel], sample: SampleEvidence, given_label
     }
     if label_set_indices:
         signals["outside_prob"] = max(0.0, 1.0 - float(probabilities[label_set_indices].sum()))
+        if given_index in label_set_indices and len(label_set_indices) > 1:
+            signals["in_set"] = in_set_signals(probabilities, label_set_indices, given_index, classes)
     if first.boxes and first.second_object_box:  # 1: the second component points where the first does
         signals["second_object_iou"] = float(box_iou(to_corners(first.second_object_box), [to_corners(first.boxes[0])])[0])
     if first.on_object:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from audit import db, names
 from audit.errors import AuditError
+from audit.head_choice import FIT
 from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.labelstudio import labelstudio_answer
 from audit.triage import rescore
@@ -253,7 +254,9 @@ def _apply(dataset, changes: dict[str, str], source: str, imagenet: bool) -> lis
     dataset.set_values(names.HISTORY, history, key_field="id")
     dataset.set_values(label, new_labels, key_field="id")
     view.tag_samples(names.RELABELED_TAG)
-    if dataset.has_sample_field(names.DONE):
+    # With the model's head the first phase judged the old label: redone at the next scan. A fitted
+    # head's first phase reads no label, so only the second (the refit) is redone, with no network pass.
+    if dataset.has_sample_field(names.DONE) and db.audit_info(dataset).get("head", {}).get("kind") != FIT:
         dataset.set_values(names.DONE, {sample_id: None for sample_id in changes}, key_field="id")
     return changed
 

@@ -44,7 +44,7 @@ from audit.lock import LockError, ScanLock
 from audit.models.preprocess import Preprocess
 from audit.models.registry import AuditModel, check_ensemble
 
-SCAN_VERSION = 6  # bump when the fields a scan writes change meaning: older results are redone
+SCAN_VERSION = 7  # bump when the fields a scan writes change meaning: older results are redone
 PAGE_SIZE = 1000  # samples read from the database at a time
 
 

@@ -32,6 +32,8 @@ CHUNK = 1000  # samples whose signals are read and written at a time
 PLOT_TSNE_FROM, PLOT_TSNE_UP_TO = 100, 20_000
 # Whole-image figures of the first phase kept when a fitted head replaces the model's probabilities.
 EIGEN_CAM_SIGNALS = ("cam_variance_ratio", "visible_fraction", "cam_box_area")
+# A sample no longer in doubt keeps no class maps of an earlier fit (they are drawn for those in doubt).
+NO_CLASS_MAPS = {names.GRADCAM_PRED: None, names.GRADCAM_GIVEN: None}
 
 
 @dataclass
@@ -102,7 +104,7 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
             if in_doubt and evidence_options.second_opinion:
                 doubt[row] = signals, prediction
                 continue
-            writer.add(ids[row], {names.SIGNALS: signals, names.PREDICTIONS: prediction})
+            writer.add(ids[row], {names.SIGNALS: signals, names.PREDICTIONS: prediction, **NO_CLASS_MAPS})
         if progress:
             progress.advance(task, sum(row not in doubt for row in rows))
         writer.flush()

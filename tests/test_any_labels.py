@@ -176,3 +176,24 @@ def test_a_near_duplicate_labelled_otherwise_is_named(scanned, embedded_model):
     verdict = judge(signals)
     assert any(r.startswith("a near-duplicate, mirror.jpg, is labelled 'portrait'") for r in verdict.reasons)
     assert verdict.category != names.OK
+
+
+def test_a_relabel_refits_the_head_without_the_network(scanned, embedded_model, tmp_path):
+    """The planted error corrected: the next scan passes no image through the network for the
+    first phase, refits the heads, and the sample is judged under its new label."""
+    from audit.relabel import relabel_from_file
+    from audit.scan import ScanOptions, scan
+    from audit.triage import rescore
+
+    dataset, planted, _ = scanned
+    copy = dataset.clone(f"{NAME}-relabelled", persistent=True)
+    sample = copy.match(db.F("filepath") == str(planted)).first()
+    corrections = tmp_path / "relabel.csv"
+    corrections.write_text(f"sample_id,filepath,new_label\n{sample.id},{planted},kitty\n")
+    assert relabel_from_file(copy, corrections).applied
+    summary = scan(copy, embedded_model, ScanOptions(workers=0, batch_size=4))
+    assert summary.scanned == 0 and summary.judged == len(copy)
+    rescore(copy)
+    sample.reload()
+    assert sample[names.SIGNALS]["given_label"] == "kitty" and sample[names.CATEGORY] == names.OK, sample[names.REASONS]
+    assert sample[names.SIGNALS]["class_examples"] == dataset.count_values(f"{names.GROUND_TRUTH}.label")["kitty"] + 1

@@ -67,3 +67,37 @@ def test_every_flagged_sample_says_why_in_a_few_words(dataset):
         assert why and len(why) <= 60 and "," not in why, why
         assert reasons[0]  # the decisive reason first; `why` is its short form
     assert set(dataset.match(db.F(names.CATEGORY) == names.OK).values(names.WHY)) <= {None}
+
+
+def test_the_label_s_standing_among_the_dataset_s_classes_alone(dataset):
+    """Where the labels are some of the model's classes, the scan stores the label's standing among
+    them alone (the model's probabilities renormalised), and the score is never below its margin."""
+    from audit.score import judge, normalised_margin_score
+
+    for signals, score in zip(*dataset.values([names.SIGNALS, names.SCORE])):
+        among = signals["in_set"]
+        assert among["given_prob"] == pytest.approx(signals["given_prob"] / (1 - signals["outside_prob"]), rel=1e-4)
+        assert among["top_other"] in LABELS - {signals["given_label"]}
+        assert score >= round(normalised_margin_score(among), 4) - 1e-4
+
+
+def test_a_label_another_of_the_dataset_s_classes_beats_scores_as_that_margin(tmp_path):
+    """The rocket labelled 'moped' in a dataset of missiles, mopeds and lakesides: among those
+    three, 'missile' takes nearly all the probability, so the score is that margin's, above what
+    the model's 1000 classes alone give it (some of the rocket's probability is on 'projectile')."""
+    from audit.score import judge, normalised_margin_score
+
+    photos = Path(__file__).resolve().parents[1] / "sample_data"
+    table, missile = tmp_path / "labels.csv", tmp_path / "another_rocket.jpg"
+    missile.write_bytes((photos / "rocket.jpg").read_bytes())
+    table.write_text("filepath,label\n" + "".join(f"{path},{label}\n" for path, label in (
+        (photos / "rocket.jpg", "moped"), (photos / "motorcycle.jpg", "moped"), (photos / "china_lake.jpg", "lakeside"),
+        (missile, "missile"))))
+    result = runner.invoke(app, ["scan", "csv", "--root", str(table), "--name", f"{NAME}-swap", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    swapped = db.load_dataset(f"{NAME}-swap").match(db.F("filepath") == str(photos / "rocket.jpg")).first()
+    signals = swapped[names.SIGNALS]
+    assert signals["in_set"]["top_other"] == "missile"
+    without = judge({k: v for k, v in signals.items() if k != "in_set"}).mislabel_score
+    assert swapped[names.SCORE] == pytest.approx(normalised_margin_score(signals["in_set"]), abs=1e-4)
+    assert swapped[names.SCORE] > without + 0.05 and swapped[names.CATEGORY] == names.SUSPECTED_MISLABEL
