@@ -72,7 +72,7 @@ def test_every_flagged_sample_says_why_in_a_few_words(dataset):
 def test_the_label_s_standing_among_the_dataset_s_classes_alone(dataset):
     """Where the labels are some of the model's classes, the scan stores the label's standing among
     them alone (the model's probabilities renormalised), and the score is never below its margin."""
-    from audit.score import judge, normalised_margin_score
+    from audit.score import normalised_margin_score
 
     for signals, score in zip(*dataset.values([names.SIGNALS, names.SCORE])):
         among = signals["in_set"]
