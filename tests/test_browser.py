@@ -23,7 +23,7 @@ from audit import db, names
 from audit.cli import app
 
 from conftest import REPO, scan_sample
-from synthetic_images import OWN_LABELS, own_labels_csv
+from synthetic_images import OWN_LABELS, own_classes_folder, own_labels_csv
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -270,6 +270,36 @@ def test_two_objects_with_the_label_true_for_one_are_ambiguous_and_offered_only_
         grid_text = page.locator("[data-cy=fo-grid]").inner_text()
         assert "tripod" not in dataset_suggestions("browser-own") and set(dataset_suggestions("browser-own")) <= OWN_LABELS
         assert grid_text.count("suspected_mislabel") == 1  # only the camera photo labelled 'espresso'
+    finally:
+        status = server.stop()
+    assert status == 0, "".join(server.output)
+
+
+def test_the_embeddings_panel_plots_every_sample_coloured_by_category(browser, tmp_path):
+    """A folder in classes of its own: the App's Embeddings panel offers the scan's 2-D map of the
+    embeddings, plots every sample, and colours them by category (the planted error among them)."""
+    folder, _planted = own_classes_folder(tmp_path / "own-classes")
+    result = runner.invoke(app, ["scan", "folder", "--root", str(folder), "--name", "browser-embeddings",
+                                 "--workers", "0", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    dataset = db.load_dataset("browser-embeddings")
+    counts = dataset.count_values(names.CATEGORY)
+    server = AppProcess("browser-embeddings", "--port", str(free_port()))
+    try:
+        page = new_page(browser)
+        page.goto(server.wait_for("App: ").split("App: ", 1)[1].strip())
+        page.locator("[data-cy=looker]").first.wait_for(timeout=90_000)
+        page.locator("[data-cy=new-panel-btn]").first.click()
+        page.get_by_text("Embeddings", exact=True).first.click()
+        page.get_by_text(names.VISUALIZATION_KEY, exact=True).click(timeout=60_000)
+        page.get_by_text(f"{len(dataset)} points", exact=False).wait_for(timeout=60_000)
+        page.get_by_text("Color by", exact=False).first.click()
+        page.get_by_role("option", name=names.CATEGORY, exact=True).click()
+        legend = page.get_by_text(names.SUSPECTED_MISLABEL, exact=True)
+        legend.last.wait_for(timeout=30_000)
+        assert counts[names.SUSPECTED_MISLABEL] >= 1
+        page.wait_for_timeout(2000)  # let the plot paint its colours
+        page.screenshot(path=tmp_path / "app-embeddings-own-classes.png")
     finally:
         status = server.stop()
     assert status == 0, "".join(server.output)
