@@ -25,7 +25,7 @@ CHUNK_ROWS = 256
 def nearest(embeddings: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]:
     """(indices, cosine similarities) of each row's ``k`` nearest other rows, nearest first."""
     x = np.asarray(embeddings, dtype=np.float32)
-    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    norms = np.maximum(np.linalg.norm(x, axis=1), 1e-12)  # divided out per block: no normalised copy of x
     k = min(k, len(x) - 1)
     indices = np.zeros((len(x), max(k, 0)), dtype=np.int64)
     similarity = np.zeros((len(x), max(k, 0)), dtype=np.float32)
@@ -33,6 +33,8 @@ def nearest(embeddings: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]
         return indices, similarity
     for start in range(0, len(x), CHUNK_ROWS):
         block = x[start:start + CHUNK_ROWS] @ x.T
+        block /= norms[start:start + CHUNK_ROWS, None]
+        block /= norms[None, :]
         block[np.arange(len(block)), np.arange(start, start + len(block))] = -np.inf  # not itself
         top = np.argpartition(-block, k - 1, axis=1)[:, :k]
         top_sim = np.take_along_axis(block, top, axis=1)

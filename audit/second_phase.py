@@ -28,6 +28,7 @@ from audit.models.registry import AuditModel
 
 PHASE_VERSION = 1  # bump when the fields this phase writes change meaning
 CHUNK = 1000  # samples whose signals are read and written at a time
+EMBEDDINGS_PAGE = 5000  # embeddings read from the database at a time
 PLOT_TSNE_FROM, PLOT_TSNE_UP_TO = 100, 20_000
 # Whole-image figures of the first phase kept when a fitted head replaces the model's probabilities.
 EIGEN_CAM_SIGNALS = ("cam_variance_ratio", "visible_fraction", "cam_box_area")
@@ -85,9 +86,10 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
     todo = [row for row, mark in enumerate(marks) if mark != key]
     if not todo:
         return SecondPhaseSummary(0, 0, choice.kind)
-    embeddings = [np.stack(scanned.values(embeddings_field(models, index))) for index in range(len(models))]
+    embeddings = [stored_embeddings(scanned, embeddings_field(models, index), len(ids)) for index in range(len(models))]
     votes = neighbours.votes(embeddings[0], labels, filepaths)
     fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind == FIT else None
+    del embeddings  # FiftyOne Brain reads its own copy at the end
     task = progress.add_task("judging", total=len(todo)) if progress else None
     writer = BulkWriter(root, key, marker=names.HEAD_DONE)
     doubt: dict[int, tuple] = {}  # row -> (its signals, its prediction) from the stored embedding, for those classified again
@@ -131,6 +133,18 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
     writer.flush()
     index_embeddings(root)
     return SecondPhaseSummary(writer.written, len(doubt), choice.kind)
+
+
+def stored_embeddings(view, field: str, count: int) -> np.ndarray:
+    """The ``field`` vectors of ``view``'s ``count`` samples, in its order, as one float32 matrix,
+    read a page at a time into it (never a second copy of them all)."""
+    matrix = None
+    for start in range(0, count, EMBEDDINGS_PAGE):
+        page = np.asarray(view.skip(start).limit(EMBEDDINGS_PAGE).values(field), dtype=np.float32)
+        if matrix is None:
+            matrix = np.empty((count, page.shape[1]), dtype=np.float32)
+        matrix[start:start + len(page)] = page
+    return matrix
 
 
 def index_embeddings(root) -> None:
