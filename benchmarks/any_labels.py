@@ -170,7 +170,7 @@ class Benchmark:
         best_other = max((f["average_precision"], n) for n, f in figures.items() if n != "mislabel_score")
         ratio = figures["mislabel_score"]["average_precision"] / best_other[0]
         table = Table(title=f"{title}: {int(judged.sum())} judged, {int(truth.sum())} errors; mislabel_score AP / best "
-                            f"other ({best_other[1]}) = {ratio:.2f} (target {target:.2f}: "
+                            f"other ({best_other[1]}) = {ratio:.3f} (target {target:.2f}: "
                             f"{'met' if ratio >= target else 'missed'})")
         for column in ("ranking", "AP", "AUROC", "P@10", "P@25", "P@50"):
             table.add_column(column, justify="left" if column == "ranking" else "right")

@@ -22,7 +22,9 @@ and 2-D map; with a fitted head the fit and the samples in doubt) apart, as a sh
 --imagenette scans ../shared/data/imagenette (its 2,494 photos, its labels) instead of replicas.
 --second-phase-memory runs the second phase alone over 5,000 and 50,000 samples (or --sizes)
 replicated from a scan of 1,000 (their embeddings with a little noise, their signals), each in a
-process of its own, and prints the peak memory of each and their ratio.
+process of its own, and prints the peak memory of each and their ratio; with --head fit the copies
+are labelled in ten classes of their own and the phase fits its heads (the samples in doubt are
+not sent through the network again: that part streams a batch at a time).
 
 Run (CPU timings mean something only on an otherwise idle machine; the load average is printed):
     .venv/bin/python benchmarks/scan_speed.py                   # N = 2000: a, b, c
@@ -123,9 +125,10 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
     return result
 
 
-def grow(base: str, name: str, n: int) -> None:
+def grow(base: str, name: str, n: int, own_classes: bool = False) -> None:
     """A dataset of ``n`` samples, each a copy of one of ``base``'s (cycling) with its embedding
-    jittered: as if ``n`` photos had been through the first phase."""
+    jittered: as if ``n`` photos had been through the first phase. With ``own_classes``, labelled in
+    ten classes of its own (``group-<class index mod 10>``), for a fitted head."""
     sys.path.insert(0, str(REPO))
     import numpy as np
 
@@ -145,13 +148,17 @@ def grow(base: str, name: str, n: int) -> None:
         batch = []
         for i in range(start, min(n, start + 5000)):
             filepath, label, embedding, signals, done = rows[i % len(rows)]
+            if own_classes:
+                label = f"group-{(i % len(rows)) % 10}"
             jitter = embedding * (1 + 0.05 * rng.standard_normal(embedding.shape).astype(np.float32))
             batch.append(db.fo.Sample(filepath=filepath, ground_truth=db.fo.Classification(label=label),
                                       **{names.EMBEDDINGS: jitter, names.SIGNALS: signals, names.DONE: done}))
         dataset.add_samples(batch, progress=False)
 
 
-def second_phase_alone(name: str) -> dict:
+def second_phase_alone(name: str, head: str) -> dict:
+    """The second phase over dataset ``name`` (with a fitted head: the fit, the vote and the
+    indexes, not the samples in doubt through the network: that part streams in batches)."""
     sys.path.insert(0, str(REPO))
     from audit import db, second_phase
     from audit.evidence import EvidenceOptions
@@ -162,7 +169,8 @@ def second_phase_alone(name: str) -> dict:
     model = load_model("efficientnet_lite0", device="auto")
     key = db.audit_info(dataset)["scan"]["key"]
     started = time.perf_counter()
-    done = second_phase.run(dataset, [model], key, choose_head(dataset, model), EvidenceOptions(), 32, 0)
+    evidence = EvidenceOptions(class_maps=head != "fit", second_opinion=head != "fit")
+    done = second_phase.run(dataset, [model], key, choose_head(dataset, model, head), evidence, 32, 0)
     return {"judged": done.judged, "seconds": time.perf_counter() - started, "peak_mb": peak_mb(resource.RUSAGE_SELF)}
 
 
@@ -206,8 +214,10 @@ def main() -> None:
     parser.add_argument("--imagenette", action="store_true", help="scan imagenette's photos and labels")
     parser.add_argument("--second-phase-memory", action="store_true",
                         help="peak memory of the second phase alone at --sizes (default 5000,50000)")
-    parser.add_argument("--grow", nargs=3, metavar=("BASE", "NAME", "N"), help=argparse.SUPPRESS)
-    parser.add_argument("--phase2", metavar="NAME", help=argparse.SUPPRESS)
+    parser.add_argument("--head", default="model", choices=("model", "fit"),
+                        help="--second-phase-memory: the model's head (default), or a head fitted on ten classes")
+    parser.add_argument("--grow", nargs=4, metavar=("BASE", "NAME", "N", "HEAD"), help=argparse.SUPPRESS)
+    parser.add_argument("--phase2", nargs=2, metavar=("NAME", "HEAD"), help=argparse.SUPPRESS)
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CSV"), help=argparse.SUPPRESS)
     parser.add_argument("--ingest", metavar="CSV", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
@@ -222,11 +232,11 @@ def main() -> None:
         print("{}")
         return
     if options.grow:
-        grow(options.grow[0], options.grow[1], int(options.grow[2]))
+        grow(options.grow[0], options.grow[1], int(options.grow[2]), own_classes=options.grow[3] == "fit")
         print("{}")
         return
     if options.phase2:
-        print(json.dumps(second_phase_alone(options.phase2)))
+        print(json.dumps(second_phase_alone(*options.phase2)))
         return
 
     folder = Path(options.keep) if options.keep else Path(tempfile.mkdtemp(prefix="audit-bench-"))
@@ -243,11 +253,12 @@ def main() -> None:
             measure("b", 1000, folder, env, options, suffix="-base")
             rows = []
             for n in sizes:
-                run_child(["--grow", "bench-b-1000-base", f"bench-phase2-{n}", str(n)], env)
-                rows.append(run_child(["--phase2", f"bench-phase2-{n}"], env))
+                run_child(["--grow", "bench-b-1000-base", f"bench-phase2-{n}", str(n), options.head], env)
+                rows.append(run_child(["--phase2", f"bench-phase2-{n}", options.head], env))
             print(f"{'samples':>8} {'seconds':>8} {'peak MB':>8}")
             for n, row in zip(sizes, rows):
                 print(f"{n:>8} {row['seconds']:>8.1f} {row['peak_mb']:>8.0f}")
+            print(f"head: {options.head}")
             print(f"second phase peak memory at {sizes[-1]} / at {sizes[0]}: {rows[-1]['peak_mb'] / rows[0]['peak_mb']:.3f}")
         elif options.memory:
             sizes = [int(s) for s in options.sizes.split(",")]
