@@ -89,7 +89,8 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
     embeddings = [stored_embeddings(scanned, embeddings_field(models, index), len(ids)) for index in range(len(models))]
     votes = neighbours.votes(embeddings[0], labels, filepaths)
     fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind == FIT else None
-    del embeddings  # FiftyOne Brain reads its own copy at the end
+    plane = principal_plane(embeddings[0]) if len(ids) > PLOT_TSNE_UP_TO else None
+    del embeddings  # FiftyOne Brain's similarity index reads its own copy at the end
     task = progress.add_task("judging", total=len(todo)) if progress else None
     writer = BulkWriter(root, key, marker=names.HEAD_DONE)
     doubt: dict[int, tuple] = {}  # row -> (its signals, its prediction) from the stored embedding, for those classified again
@@ -131,7 +132,7 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
                         progress.advance(task, len(batch_rows))
                     writer.flush_if_due()
     writer.flush()
-    index_embeddings(root)
+    index_embeddings(scanned, plane)
     return SecondPhaseSummary(writer.written, len(doubt), choice.kind)
 
 
@@ -147,31 +148,47 @@ def stored_embeddings(view, field: str, count: int) -> np.ndarray:
     return matrix
 
 
-def index_embeddings(root) -> None:
-    """FiftyOne Brain runs on the stored embeddings, for the App: a similarity index (sort by
-    similarity from a flagged sample; scikit-learn backend, cosine) and a 2-D map of the dataset
+def principal_plane(matrix: np.ndarray) -> np.ndarray:
+    """The rows of ``matrix`` projected on its first two principal components, (N, 2): exact PCA
+    from the covariance summed a page at a time, so no centred copy of the matrix is made."""
+    mean = matrix.mean(axis=0, dtype=np.float64)
+    covariance = np.zeros((matrix.shape[1], matrix.shape[1]))
+    for start in range(0, len(matrix), EMBEDDINGS_PAGE):
+        page = matrix[start:start + EMBEDDINGS_PAGE] - mean
+        covariance += page.T @ page
+    components = np.linalg.eigh(covariance)[1][:, ::-1][:, :2]
+    return np.concatenate([(matrix[start:start + EMBEDDINGS_PAGE] - mean) @ components
+                           for start in range(0, len(matrix), EMBEDDINGS_PAGE)])
+
+
+def index_embeddings(view, plane: np.ndarray | None = None) -> None:
+    """FiftyOne Brain runs on the stored embeddings of ``view``'s samples, for the App: a similarity
+    index (sort by similarity from a flagged sample; scikit-learn backend, cosine) and a 2-D map
     (the Embeddings panel): UMAP where umap-learn is installed, else t-SNE, or PCA for fewer than
-    PLOT_TSNE_FROM or more than PLOT_TSNE_UP_TO samples (t-SNE's time grows too fast beyond)."""
+    PLOT_TSNE_FROM samples; above PLOT_TSNE_UP_TO (where t-SNE's time grows too fast) ``plane``,
+    the PCA the second phase computed on its own copy of the embeddings (FiftyOne Brain's would
+    read and convert another, the phase's peak of memory at 50,000 samples)."""
     import importlib.util
     import logging
 
     import fiftyone.brain as fob
 
-    view = root.exists(names.EMBEDDINGS)
+    root = view._root_dataset
     for key in (names.SIMILARITY_KEY, names.VISUALIZATION_KEY):
         if root.has_brain_run(key):
             root.delete_brain_run(key)
-    if len(view) < 3:
-        return
     count = len(view)
+    if count < 3:
+        return
     method = ("umap" if importlib.util.find_spec("umap") else "tsne") if PLOT_TSNE_FROM <= count <= PLOT_TSNE_UP_TO else "pca"
+    mapped = ({"points": plane} if plane is not None else
+              {"embeddings": names.EMBEDDINGS, "method": method, "seed": SEED, "verbose": False})
     quiet = logging.getLogger("fiftyone.brain")
     level, quiet.level = quiet.level, logging.WARNING
     try:
         fob.compute_similarity(view, embeddings=names.EMBEDDINGS, backend="sklearn", metric="cosine",
                                brain_key=names.SIMILARITY_KEY, progress=False)
-        fob.compute_visualization(view, embeddings=names.EMBEDDINGS, method=method, brain_key=names.VISUALIZATION_KEY,
-                                  seed=SEED, verbose=False, progress=False)
+        fob.compute_visualization(view, brain_key=names.VISUALIZATION_KEY, progress=False, **mapped)
     finally:
         quiet.level = level
 

@@ -143,6 +143,7 @@ def grow(base: str, name: str, n: int, own_classes: bool = False) -> None:
     dataset = db.fo.Dataset(name, persistent=True)
     dataset.info = {"audit": db.audit_info(source)}
     dataset.save()
+    db.declare_audit_fields(dataset)
     rng = np.random.default_rng(0)
     for start in range(0, n, 5000):
         batch = []
@@ -276,7 +277,8 @@ def main() -> None:
                     runs[mode].append(measure(mode, options.n, folder, env, options, suffix=f"-{round_}"))
             results = {mode: max(rows, key=lambda row: row["img_s"]) for mode, rows in runs.items()}
             first = next(iter(results.values()))
-            print(f"N = {options.n}, device {first['device']}, batch {first['batch_size']}, "
+            images = f"imagenette, N = {first['images']}" if options.imagenette else f"N = {options.n}"
+            print(f"{images}, device {first['device']}, batch {first['batch_size']}, "
                   f"{first['workers']} decoding worker(s), {first['threads']} torch thread(s)"
                   + (f"; best of {options.rounds} interleaved rounds" if options.rounds > 1 else ""))
             labels = {"a": "bare loop: decode + forward", "b": "audit scan (defaults)",

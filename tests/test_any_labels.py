@@ -213,3 +213,15 @@ def test_a_relabel_refits_the_head_without_the_network(scanned, embedded_model, 
     sample.reload()
     assert sample[names.SIGNALS]["given_label"] == "kitty" and sample[names.CATEGORY] == names.OK, sample[names.REASONS]
     assert sample[names.SIGNALS]["class_examples"] == dataset.count_values(f"{names.GROUND_TRUTH}.label")["kitty"] + 1
+
+
+def test_the_principal_plane_is_pca():
+    """The 2-D map of large datasets (computed page by page) is scikit-learn's PCA, up to each axis's sign."""
+    from sklearn.decomposition import PCA
+
+    from audit.second_phase import EMBEDDINGS_PAGE, principal_plane
+
+    rng = np.random.default_rng(0)
+    matrix = (rng.standard_normal((EMBEDDINGS_PAGE + 123, 16)) * np.linspace(3, 0.1, 16)).astype(np.float32)
+    ours, theirs = principal_plane(matrix), PCA(2).fit_transform(matrix.astype(np.float64))
+    np.testing.assert_allclose(np.abs(ours), np.abs(theirs), atol=1e-3)
