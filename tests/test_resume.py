@@ -49,7 +49,13 @@ def start_scan(table: Path, name: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "AUDIT_FLUSH_EVERY": "4"}
     return subprocess.Popen([AUDIT, "scan", "csv", "--root", str(table), "--name", name, "--batch-size", "4",
                              *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=as_from_a_terminal)
+
+
+def as_from_a_terminal() -> None:
+    """Ctrl-C's default disposition, as a shell gives a command it starts: a test run started in
+    the background (``make test &``) would otherwise pass SIGINT down ignored, as POSIX has it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition, process: subprocess.Popen, timeout: float = 240.0, poll: float = 0.05) -> None:
