@@ -230,8 +230,8 @@ def judge(signals: dict, use_views: bool = True, label_set: frozenset[str] | Non
     suggestion, outside = suggest(candidates, given, label_set)
     outside = outside or none_of_the_classes(signals)
 
-    def verdict(category: str, decisive: str, why: str) -> Verdict:
-        return Verdict(category, score, [decisive, *context, *([outside] if outside else [])], suggestion, why)
+    def verdict(category: str, decisive: str, why: str) -> Verdict:  # what the photo shows, if none of the classes, next
+        return Verdict(category, score, [decisive, *([outside] if outside else []), *context], suggestion, why)
 
     if given in (predicted, agreed["top_label"]):
         if annotated and annotated["given_prob"] < NO_EVIDENCE and whole["given_prob"] >= CONFIDENT:
