@@ -66,6 +66,11 @@ def choose_head(dataset, model: AuditModel, requested: str = "auto") -> HeadChoi
     return HeadChoice(MODEL, why, some)
 
 
+def head_kind(dataset) -> str | None:
+    """The head the dataset's last scan judged its labels with: MODEL or FIT (None before any scan)."""
+    return db.audit_info(dataset).get("head", {}).get("kind")
+
+
 def _model_labelled(dataset) -> bool:
     """Sources labelled in the model's own classes (ImageNet's 1000), whatever part of them they use."""
     from audit.triage import MODEL_LABEL_SET_SOURCES

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from audit import db, names
 from audit.errors import AuditError
-from audit.head_choice import FIT
+from audit.head_choice import FIT, head_kind
 from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.labelstudio import labelstudio_answer
 from audit.triage import rescore
@@ -256,7 +256,7 @@ def _apply(dataset, changes: dict[str, str], source: str, imagenet: bool) -> lis
     view.tag_samples(names.RELABELED_TAG)
     # With the model's head the first phase judged the old label: redone at the next scan. A fitted
     # head's first phase reads no label, so only the second (the refit) is redone, with no network pass.
-    if dataset.has_sample_field(names.DONE) and db.audit_info(dataset).get("head", {}).get("kind") != FIT:
+    if dataset.has_sample_field(names.DONE) and head_kind(dataset) != FIT:
         dataset.set_values(names.DONE, {sample_id: None for sample_id in changes}, key_field="id")
     return changed
 

@@ -341,6 +341,7 @@ def neighbour_reasons(vote: dict | None, given: str) -> list[str]:
 
 
 def duplicate_reason(twin: dict) -> str:
+    """The reason naming a near-duplicate labelled otherwise (``neighbours``' ``duplicate``)."""
     return f"a near-duplicate, {twin['filepath'].rsplit('/', 1)[-1]}, is labelled '{twin['label']}' (cosine {twin['similarity']:.2f})"
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from audit import db, names
 from audit.data.classes import imagenet_names, resolve_imagenet_label
-from audit.head_choice import FIT
+from audit.head_choice import FIT, head_kind
 from audit.score import THRESHOLDS, for_new_label, judge
 
 
@@ -66,7 +66,7 @@ def label_set(dataset) -> frozenset[str] | None:
     field = db.label_field(dataset)
     declared = dataset.classes.get(field) or dataset.default_classes
     used = declared or (dataset.distinct(f"{field}.label") if dataset.has_sample_field(field) else [])
-    fitted = info.get("head", {}).get("kind") == FIT
+    fitted = head_kind(dataset) == FIT
     return frozenset(label if fitted else _model_name(label) for label in used if label)
 
 
