@@ -110,6 +110,13 @@ def scan(
     head: Annotated[str, typer.Option(
         help="auto | model | fit: judge the labels with the model's classes, or with a head fitted on the "
              "dataset's own (5-fold, out-of-fold; auto: fitted when a label is not one of the model's classes).")] = "auto",
+    engine: Annotated[str, typer.Option(
+        help="local | ray: this machine's processes, or a Ray cluster (pip install 'audit[ray]').")] = "local",
+    address: Annotated[Optional[str], typer.Option(
+        help="ray: auto | HOST:PORT of the cluster (default: RAY_ADDRESS or a running cluster, else a local one).")] = None,
+    actors: Annotated[str, typer.Option(help="ray: model replicas, N or auto (one per GPU; one per node without GPUs).")] = "auto",
+    gpus_per_actor: Annotated[Optional[float], typer.Option(
+        min=0, help="ray: GPUs per model replica (default: 1 where the cluster has GPUs, else 0).")] = None,
 ) -> None:
     """Load SOURCE into FiftyOne, run the model once, attach predictions, Eigen-CAM maps and boxes,
     and rank the samples. Resumes by default: samples scanned with the same settings are skipped."""
@@ -122,7 +129,8 @@ def scan(
         raise typer.BadParameter(f"'{layout}' is not one of {', '.join(LAYOUTS)}", param_hint="--layout")
     options = ScanOptions(batch_size=batch_size, workers=workers, limit=limit, shard=_parse_shard(shard),
                           restart=restart, amp=amp, second_opinion=second_opinion, class_maps=class_maps,
-                          all_boxes=all_boxes, head=head)
+                          all_boxes=all_boxes, head=head, engine=engine,
+                          cluster=_cluster_options(engine, shard, address, actors, gpus_per_actor))
     loaded = load_models(model_names(model, models), weights=weights, layer=layer, device=device)
     request = SourceRequest(source.value, root, name, str(labels) if labels else None, label_field, layout, limit,
                             str(boxes) if boxes else None)
@@ -168,6 +176,23 @@ def _print_scanned(dataset, result) -> None:
     if scoring.top1_agreement is not None:
         _say(f"top-1 accuracy against the given labels: {100 * scoring.top1_agreement:.1f} % "
              f"of {scoring.labelled} samples")
+
+
+def _cluster_options(engine: str, shard: str, address: Optional[str], actors: str, gpus_per_actor: Optional[float]):
+    from audit.scan import ENGINES, ClusterOptions
+
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"'{engine}' is not one of {', '.join(ENGINES)}", param_hint="--engine")
+    if engine == "ray":
+        from audit.ray_engine import import_ray
+
+        import_ray()  # before anything is loaded: one line when Ray is missing
+    if engine == "ray" and shard != "1/1":
+        raise typer.BadParameter("--shard splits a scan between hand-started processes; --engine ray "
+                                 "splits it across the cluster itself: use one of them", param_hint="--shard")
+    if actors != "auto" and not (actors.isdigit() and int(actors) >= 1):
+        raise typer.BadParameter(f"'{actors}' is not a number of actors (1 or more) or auto", param_hint="--actors")
+    return ClusterOptions(address, None if actors == "auto" else int(actors), gpus_per_actor)
 
 
 def _parse_shard(shard: str) -> tuple[int, int]:

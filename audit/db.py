@@ -137,6 +137,18 @@ def load_dataset(name: str) -> fo.Dataset:
     return fo.load_dataset(name)
 
 
+def database_address() -> tuple[str, str]:
+    """(URI, database name) of FiftyOne's database, for processes that reach it without FiftyOne
+    (`audit.ray_engine`): FIFTYONE_DATABASE_URI, or the address of the mongod FiftyOne started."""
+    ensure_database()
+    import fiftyone.core.odm.database as database
+
+    if fo.config.database_uri:
+        return fo.config.database_uri, fo.config.database_name
+    host, port = database.get_db_conn().client.address
+    return f"mongodb://{host}:{port}", fo.config.database_name
+
+
 def maps_dir(dataset) -> Path:
     """Where the heatmap PNGs of a dataset (or a view's dataset) live, beside FiftyOne's own dataset files."""
     return Path(fo.config.default_dataset_dir) / "audit-maps" / dataset._root_dataset.name

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -46,6 +46,16 @@ from audit.models.registry import AuditModel, check_ensemble
 
 SCAN_VERSION = 7  # bump when the fields a scan writes change meaning: older results are redone
 PAGE_SIZE = 1000  # samples read from the database at a time
+ENGINES = ("local", "ray")
+
+
+@dataclass
+class ClusterOptions:
+    """Where and how ``--engine ray`` runs (`audit.ray_engine`)."""
+
+    address: str | None = None  # "auto", HOST:PORT, or None: RAY_ADDRESS / a running cluster, else a local instance
+    actors: int | None = None  # model replicas; None: one per GPU (with GPUs), else one per node
+    gpus_per_actor: float | None = None  # None: 1 where the cluster has GPUs, else 0
 
 
 @dataclass
@@ -62,6 +72,8 @@ class ScanOptions:
     amp: bool | None = None  # mixed precision for the forward pass; None: on CUDA only
     threads: int | None = None  # torch threads of this process; None: torch's own default
     head: str = "auto"  # which head judges the labels: auto, model or fit (see `audit.head_choice`)
+    engine: str = "local"  # local: this machine's processes; ray: a Ray cluster (`audit.ray_engine`)
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
 
     def evidence(self) -> EvidenceOptions:
         return EvidenceOptions(self.box_threshold, self.all_boxes, self.class_maps, self.second_opinion)
@@ -250,7 +262,9 @@ class PendingSamples:
         self.given: dict[str, str | None] = {}
         self.boxes: dict[str, list | None] = {}
 
-    def __iter__(self) -> Iterator[tuple[str, str]]:
+    def pages(self) -> Iterator[list[tuple]]:
+        """The rows ``(id, filepath, label, marker, [boxes])`` to scan, a page at a time, each page's
+        markers cleared before it is handed out."""
         match = None if self.options.restart else (db.F(names.DONE) != self.key)
         left = self.options.limit
         fields = ["filepath", self.label, names.DONE] + ([self.box_field] if self.box_field else [])
@@ -261,13 +275,76 @@ class PendingSamples:
             marked = {row[0]: None for row in rows if row[3] is not None}
             if marked:
                 self.collection.set_values(names.DONE, marked, key_field="id")
-            for sample_id, filepath, given, _done, *boxes in rows:
+            yield rows
+            if left == 0:
+                return
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for page in self.pages():
+            for sample_id, filepath, given, _done, *boxes in page:
                 self.given[sample_id] = given
                 if self.box_field:
                     self.boxes[sample_id] = boxes[0] or None
                 yield sample_id, filepath
-            if left == 0:
-                return
+
+
+# --- one decoded batch -> the fields of its samples ----------------------------------------------
+
+
+def map_suffixes(models: list) -> list[str]:
+    """The map file of model ``i`` is ``<sample id><suffix i>.png``: no suffix for the first model."""
+    return [""] + [f".{field_suffix(model)}" for model in models[1:]]
+
+
+def batch_fields(models: list[AuditModel], batch: dict, given_labels: list[str | None],
+                 evidence_options: EvidenceOptions, out_dir: Path, label_set_indices: list[int] | None,
+                 save_map) -> list[tuple[str, dict, list]]:
+    """Per sample of a decoded batch (see `ImageFiles`): its id, the fields the first phase writes
+    (`audit.evidence.sample_fields`; `error_fields` for an unreadable image) and what ``save_map(path,
+    heatmap)`` returned for each of its map files. The local engine and the Ray actors both run this."""
+    given_indices = [model_class_index(models[0], label) for label in given_labels]
+    samples = batch_evidence(models, batch, given_indices, evidence_options)
+    rows = []
+    for row, (sample_id, sample) in enumerate(zip(batch["index"], samples)):
+        if sample is None:
+            rows.append((sample_id, error_fields(batch["error"][row], models), []))
+            continue
+        paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in map_suffixes(models)]
+        written = [save_map(path, result.map) for path, result in zip(paths, sample.results)]
+        rows.append((sample_id, sample_fields(models, sample, given_labels[row], given_indices[row], paths,
+                                              label_set_indices), written))
+    return rows
+
+
+class LocalEngine:
+    """This machine: decoding in worker processes (`make_loader`), the models in this process, the
+    map files written by a background thread."""
+
+    def __init__(self, workers: int, png_writer: ThreadPoolExecutor):
+        self.workers, self.png_writer = workers, png_writer
+
+    def save_map(self, path: Path, heatmap):
+        return self.png_writer.submit(write_map, path, heatmap)
+
+    def first_phase(self, pending: PendingSamples, models: list[AuditModel], options: ScanOptions,
+                    evidence_options: EvidenceOptions, label_set_indices, out_dir: Path) -> Iterator[list]:
+        """Per batch of the pending samples, `batch_fields`' rows."""
+        for batch in make_loader(pending, models, options.batch_size, self.workers):
+            given_labels = [pending.given.pop(sample_id) for sample_id in batch["index"]]
+            if evidence_options.second_opinion:
+                batch["gt_boxes"] = [pending.boxes.pop(sample_id, None) for sample_id in batch["index"]]
+            yield batch_fields(models, batch, given_labels, evidence_options, out_dir, label_set_indices, self.save_map)
+
+    def classify_again(self, heads: list, items: list[tuple], evidence_options: EvidenceOptions, batch_size: int,
+                       out_dir: Path) -> Iterator[list]:
+        """The second phase's samples in doubt of one fold (``items``: (id, filepath, label, gt boxes))
+        through the fold's heads: per batch, `audit.second_phase.fold_fields`' rows."""
+        labels = {item[0]: (item[2], item[3]) for item in items}
+        for batch in make_loader([item[:2] for item in items], heads, batch_size, self.workers):
+            given = [labels[sample_id] for sample_id in batch["index"]]
+            batch["gt_boxes"] = [boxes for _label, boxes in given]
+            yield second_phase.fold_fields(heads, batch, [label for label, _ in given], evidence_options, out_dir,
+                                           self.save_map)
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -302,41 +379,36 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
     earlier_fields = db.audit_info(root).get("model_fields", [])
     cleared = dict.fromkeys(name for name in earlier_fields if name not in model_fields)
     writer = BulkWriter(dataset, key)
-    suffixes = [""] + [f".{field_suffix(model)}" for model in models[1:]]
     skipped, unreadable, interrupted, started = 0, 0, False, time.perf_counter()
-    with ScanLock(root.name, options.shard) as lock, _sigterm_as_interrupt(), ExitStack() as runtimes, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-maps") as png_writer:
+    with ExitStack() as engines, ScanLock(root.name, options.shard) as lock, _sigterm_as_interrupt(), \
+            ExitStack() as runtimes, ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-maps") as png_writer:
         try:
             db.save_audit_info(root, scan={  # once the lock is ours: a refused scan changes nothing
                 "models": [model.settings() for model in models], "key": key, "box_threshold": options.box_threshold,
                 "all_boxes": options.all_boxes, "class_maps": options.class_maps,
                 "second_opinion": options.second_opinion, "tool_version": audit.__version__},
                 model_fields=sorted(set(earlier_fields) | set(model_fields)), head=choice.info())
-            workers = [runtimes.enter_context(model_runtime(model, options)) for model in models][0]
+            if options.engine == "ray":
+                from audit.ray_engine import RayEngine
+
+                engine = engines.enter_context(RayEngine(models, options, out_dir))
+            else:
+                workers = [runtimes.enter_context(model_runtime(model, options)) for model in models][0]
+                engine = LocalEngine(workers, png_writer)
+            if options.shard == (1, 1):
+                remove_temporary_maps(out_dir)
             total, done = count_shard(dataset, key, options.shard)
             skipped = 0 if options.restart else done
             todo = total - skipped if options.limit is None else min(total - skipped, options.limit)
             task = progress.add_task("scanning", total=todo) if progress else None
             pending = PendingSamples(dataset, key, options, boxes=evidence_options.second_opinion)
-            for batch in make_loader(pending, models, options.batch_size, workers):
-                given_labels = [pending.given.pop(sample_id) for sample_id in batch["index"]]
-                given_indices = [model_class_index(models[0], label) for label in given_labels]
-                if evidence_options.second_opinion:
-                    batch["gt_boxes"] = [pending.boxes.pop(sample_id, None) for sample_id in batch["index"]]
-                samples = batch_evidence(models, batch, given_indices, evidence_options)
-                for row, (sample_id, sample) in enumerate(zip(batch["index"], samples)):
-                    if sample is None:
-                        unreadable += 1
-                        writer.add(sample_id, {**error_fields(batch["error"][row], models), **cleared})
-                        continue
-                    paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in suffixes]
-                    written = [png_writer.submit(write_map, path, result.map)
-                               for path, result in zip(paths, sample.results)]
-                    fields = sample_fields(models, sample, given_labels[row], given_indices[row], paths,
-                                           choice.label_set_indices)
+            for rows in engine.first_phase(pending, models, options, evidence_options, choice.label_set_indices,
+                                           out_dir):
+                for sample_id, fields, written in rows:
+                    unreadable += bool(fields.get(names.ERROR))
                     writer.add(sample_id, {**fields, **cleared, names.HEAD_DONE: None}, written)
                 if progress:
-                    progress.advance(task, len(samples))
+                    progress.advance(task, len(rows))
                 writer.flush_if_due()
                 if lock.lost:
                     raise LockError(f"lost the scan lock of '{root.name}' (this process stalled for over "
@@ -345,21 +417,23 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
             interrupted = True
         finally:
             writer.flush()
+        if options.shard == (1, 1):
+            remove_temporary_maps(out_dir)  # of writers killed in this run (a lost node, a restarted actor)
         summary = ScanSummary(writer.written, skipped, unreadable, interrupted, time.perf_counter() - started,
                               writer.write_seconds, choice)
         if not interrupted:
-            summary = _second_phase(root, models, key, choice, options, workers, progress, summary)
+            summary = _second_phase(root, models, key, choice, options, engine, progress, summary)
     return summary
 
 
 def _second_phase(root, models: list[AuditModel], key: str, choice: HeadChoice, options: ScanOptions,
-                  workers: int, progress, summary: ScanSummary) -> ScanSummary:
+                  engine, progress, summary: ScanSummary) -> ScanSummary:
     """Run `audit.second_phase` over the dataset, one at a time (the shards of a split wait for
     each other: the last one through judges every sample); Ctrl-C keeps what it wrote."""
     started = time.perf_counter()
     try:
         with ScanLock(root.name, kind="head", wait=True, doing="judged"):
-            done = second_phase.run(root, models, key, choice, options.evidence(), options.batch_size, workers, progress)
+            done = second_phase.run(root, models, key, choice, options.evidence(), options.batch_size, engine, progress)
         summary.judged, summary.classified_again = done.judged, done.forwarded
     except KeyboardInterrupt:
         summary.interrupted = True
@@ -373,6 +447,13 @@ def error_fields(message: str, models: list[AuditModel]) -> dict:
                             names.GRADCAM_PRED, names.GRADCAM_GIVEN, names.EMBEDDINGS, names.HEAD_DONE,
                             *model_field_names(models)))
     return {**fields, names.ERROR: message, names.SIGNALS: {"error": message}}
+
+
+def remove_temporary_maps(out_dir: Path) -> None:
+    """Remove the half-written map files of writers that were killed (`write_map`): called while no
+    other writer of the folder runs (the scan lock of the whole dataset is held)."""
+    for temporary in out_dir.glob("*.tmp"):
+        temporary.unlink(missing_ok=True)
 
 
 def write_map(path: Path, heatmap) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 
 from audit import db, names, neighbours
 from audit.evidence import (DISTRIBUTION_TOP_K, TOP_K, batch_evidence, distribution_signals, embeddings_field,
-                            field_suffix, needs_second_opinion, sample_fields)
+                            needs_second_opinion, sample_fields)
 from audit.fitted_head import FOLDS, SEED, FittedHeads, FoldHead, fit_heads
 from audit.head_choice import FIT, HeadChoice
 from audit.models.registry import AuditModel
@@ -73,8 +72,9 @@ class WithFoldHead:
 
 
 def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evidence_options, batch_size: int,
-        workers: int, progress=None) -> SecondPhaseSummary:
-    """The second phase over the samples of ``root`` scanned under ``scan_key`` (see the module)."""
+        engine, progress=None) -> SecondPhaseSummary:
+    """The second phase over the samples of ``root`` scanned under ``scan_key`` (see the module);
+    ``engine`` (`audit.scan.LocalEngine`, `audit.ray_engine.RayEngine`) classifies the samples in doubt again."""
     from audit.scan import BulkWriter
 
     scanned = root.match(db.F(names.DONE) == scan_key).exists(names.EMBEDDINGS).sort_by("_id", create_index=False)
@@ -110,27 +110,27 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
         if progress:
             progress.advance(task, sum(row not in doubt for row in rows))
         writer.flush()
-    if doubt:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-maps") as png_writer:
-            for fold in range(FOLDS):
-                rows = [row for row in doubt if fitted[0].folds[row] == fold]
-                if not rows:
+    position = {ids[row]: row for row in doubt}
+    out_dir = db.maps_dir(root)
+    for fold in range(FOLDS):
+        rows = [row for row in doubt if fitted[0].folds[row] == fold]
+        if not rows:
+            continue
+        heads = [WithFoldHead(model, f.heads[fold], f.classes) for model, f in zip(models, fitted)]
+        for batch in engine.classify_again(heads, _doubt_items(root, rows, ids, filepaths, labels), evidence_options,
+                                           batch_size, out_dir):
+            for sample_id, fields, written in batch:
+                signals, prediction = doubt[position[sample_id]]
+                if fields is None:  # unreadable since the first phase: judged on its embedding
+                    writer.add(sample_id, {names.SIGNALS: signals, names.PREDICTIONS: prediction})
                     continue
-                heads = [WithFoldHead(model, f.heads[fold], f.classes) for model, f in zip(models, fitted)]
-                for batch_rows, fields in _classify_again(root, heads, rows, ids, filepaths, labels, evidence_options,
-                                                          batch_size, workers, png_writer):
-                    for row, (fields_, written) in zip(batch_rows, fields):
-                        signals, prediction = doubt[row]
-                        if fields_ is None:  # unreadable since the first phase: judged on its embedding
-                            writer.add(ids[row], {names.SIGNALS: signals, names.PREDICTIONS: prediction})
-                            continue
-                        # the whole image as judged from the stored embedding, the views from this pass
-                        fields_[names.SIGNALS] = {**fields_[names.SIGNALS], **signals}
-                        fields_[names.PREDICTIONS] = prediction
-                        writer.add(ids[row], fields_, written)
-                    if progress:
-                        progress.advance(task, len(batch_rows))
-                    writer.flush_if_due()
+                # the whole image as judged from the stored embedding, the views from this pass
+                fields[names.SIGNALS] = {**fields[names.SIGNALS], **signals}
+                fields[names.PREDICTIONS] = prediction
+                writer.add(sample_id, fields, written)
+            if progress:
+                progress.advance(task, len(batch))
+            writer.flush_if_due()
     writer.flush()
     index_embeddings(scanned, plane)
     return SecondPhaseSummary(writer.written, len(doubt), choice.kind)
@@ -193,37 +193,36 @@ def index_embeddings(view, plane: np.ndarray | None = None) -> None:
         quiet.level = level
 
 
-def _classify_again(root, heads: list[WithFoldHead], rows: list[int], ids, filepaths, labels, evidence_options,
-                    batch_size: int, workers: int, png_writer):
-    """The samples at ``rows`` (all of one fold) through the scan's evidence code with the fold's
-    heads: per batch, (its rows, [(fields, pending map files)])."""
-    from audit.scan import make_loader, write_map
-
-    out_dir = db.maps_dir(root)
+def _doubt_items(root, rows: list[int], ids, filepaths, labels) -> list[tuple]:
+    """(id, filepath, label, ground-truth boxes or None) of the samples at ``rows``, for an engine."""
     boxes = {}
     if root.has_sample_field(names.GT_BOXES):
         boxes = dict(zip(*root.select([ids[r] for r in rows]).values(["id", f"{names.GT_BOXES}.detections.bounding_box"])))
+    return [(ids[r], filepaths[r], labels[r], boxes.get(ids[r]) or None) for r in rows]
+
+
+def fold_fields(heads: list[WithFoldHead], batch: dict, labels: list[str | None], evidence_options, out_dir,
+                save_map) -> list[tuple[str, dict | None, list]]:
+    """Per sample of a decoded batch through one fold's ``heads`` (the scan's evidence code): its id,
+    its fields (None where unreadable; the first phase's embeddings, what the heads were fitted on,
+    left as they are) and what ``save_map(path, heatmap)`` returned for its map files."""
+    from audit.scan import map_suffixes
+
     classes = list(heads[0].classes)
-    suffixes = [""] + [f".{field_suffix(head)}" for head in heads[1:]]
-    position = {ids[r]: r for r in rows}
-    items = [(ids[r], filepaths[r]) for r in rows]
-    for batch in make_loader(items, heads, batch_size, workers):
-        batch_rows = [position[sample_id] for sample_id in batch["index"]]
-        given = [classes.index(labels[r]) if labels[r] in classes else None for r in batch_rows]
-        batch["gt_boxes"] = [boxes.get(sample_id) or None for sample_id in batch["index"]]
-        samples = batch_evidence(heads, batch, given, evidence_options)
-        fields = []
-        for row, sample_id, sample, given_index in zip(batch_rows, batch["index"], samples, given):
-            if sample is None:
-                fields.append((None, []))
-                continue
-            paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in suffixes]
-            written = [png_writer.submit(write_map, path, result.map) for path, result in zip(paths, sample.results)]
-            computed = sample_fields(heads, sample, labels[row], given_index, paths)
-            for index in range(len(heads)):  # the first phase's embeddings stay what the heads were fitted on
-                computed.pop(embeddings_field(heads, index))
-            fields.append((computed, written))
-        yield batch_rows, fields
+    given = [classes.index(label) if label in classes else None for label in labels]
+    samples = batch_evidence(heads, batch, given, evidence_options)
+    rows = []
+    for sample_id, sample, label, given_index in zip(batch["index"], samples, labels, given):
+        if sample is None:
+            rows.append((sample_id, None, []))
+            continue
+        paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in map_suffixes(heads)]
+        written = [save_map(path, result.map) for path, result in zip(paths, sample.results)]
+        fields = sample_fields(heads, sample, label, given_index, paths)
+        for index in range(len(heads)):
+            fields.pop(embeddings_field(heads, index))
+        rows.append((sample_id, fields, written))
+    return rows
 
 
 def _fitted_signals(stored: dict, fitted: list[FittedHeads], row: int, label: str | None) -> tuple[dict, object, bool]:

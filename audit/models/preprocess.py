@@ -31,11 +31,18 @@ class Preprocess:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """An RGB PIL image -> a normalised (3, crop, crop) float tensor."""
+        return self.normalise(self.pixels(image))
+
+    def pixels(self, image: Image.Image) -> torch.Tensor:
+        """The resized, cropped model input as 8-bit pixels, (3, crop, crop) uint8: what a decoder
+        sends to a model on another process or machine (a quarter of the float tensor's bytes)."""
         mode = InterpolationMode(self.interpolation)
         image = F.resize(image, self.resize_short, interpolation=mode, antialias=True)
-        image = F.center_crop(image, self.crop)
-        tensor = F.to_dtype(F.to_image(image), torch.float32, scale=True)
-        return F.normalize(tensor, list(self.mean), list(self.std))
+        return F.to_image(F.center_crop(image, self.crop)).as_subclass(torch.Tensor)
+
+    def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
+        """8-bit pixels (..., 3, H, W) -> the model's normalised float input."""
+        return F.normalize(F.to_dtype(pixels, torch.float32, scale=True), list(self.mean), list(self.std))
 
     def window(self, width: int, height: int) -> Window:
         """The rectangle of the original image (pixels) that the model input covers."""
