@@ -26,9 +26,17 @@ process of its own, and prints the peak memory of each and their ratio; with --h
 are labelled in ten classes of their own and the phase fits its heads (the samples in doubt are
 not sent through the network again: that part streams a batch at a time).
 
+--engine ray runs `audit scan` (defaults) three times over the same N images, each in a process
+of its own: the local engine; Ray with one model actor (a local instance the run starts); Ray on
+two loopback nodes (head 127.0.0.2, worker 127.0.0.3, `ray start`, 100 MB object stores) with two
+actors. Each prints its start-up (until the first batch is written) apart from its steady-state
+images/s (the batches after it), the summed memory (PSS) of every process of the run, and the
+bytes the object store spilled to disk.
+
 Run (CPU timings mean something only on an otherwise idle machine; the load average is printed):
     .venv/bin/python benchmarks/scan_speed.py                   # N = 2000: a, b, c
     .venv/bin/python benchmarks/scan_speed.py --memory          # peak memory at 2,000 and 20,000
+    .venv/bin/python benchmarks/scan_speed.py --engine ray      # local engine vs Ray, N = 2000
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -125,6 +134,99 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
     return result
 
 
+class BatchClock:
+    """A progress sink (``add_task`` / ``advance``, as the scan calls a rich Progress) that notes when
+    each batch of the first phase was written: start-up ends with the first, steady state follows."""
+
+    def __init__(self):
+        self.started, self.times, self.counts = time.perf_counter(), [], []
+
+    def add_task(self, description, total=None):
+        return description
+
+    def advance(self, task, steps=1):
+        if task == "scanning":
+            self.times.append(time.perf_counter() - self.started)
+            self.counts.append(steps)
+
+    def figures(self) -> dict:
+        """Start-up (s to the first written batch) and steady-state img/s (the batches after it)."""
+        steady = (sum(self.counts) - self.counts[0]) / max(self.times[-1] - self.times[0], 1e-9)
+        return {"startup_s": self.times[0], "steady_img_s": steady, "images": sum(self.counts)}
+
+
+class MemorySampler:
+    """The summed proportional set size (PSS: shared pages split between their processes, so the
+    object store's shared memory counts once) of this process and ``others()``, every half second;
+    ``peak_mb`` is the largest sum seen."""
+
+    def __init__(self, others):
+        import threading
+
+        self.others, self.peak_mb = others, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.5):
+            total = 0
+            for process in [psutil.Process(), *self.others()]:
+                try:
+                    total += process.memory_full_info().pss
+                except psutil.Error:
+                    pass
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def child_engine(engine: str, table: Path, name: str, batch_size: int | None, address: str | None,
+                 actors: int | None, ray_folder: str | None) -> dict:
+    """`audit scan` (defaults) on ``engine``: local, or Ray (a local instance of its own started in
+    ``ray_folder``, or the cluster at ``address``), timed per written batch, memory summed over
+    every process of the run, and the object store's spilled bytes."""
+    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "tests"))
+    from audit import db
+    from audit.models.registry import load_model
+    from audit.pipeline import audit_dataset
+    from audit.scan import ClusterOptions, ScanOptions
+    from ray_support import LoopbackCluster
+
+    model = load_model("efficientnet_lite0", device="auto")
+    options = ScanOptions(engine="ray" if engine != "local" else "local",
+                          cluster=ClusterOptions(address=address, actors=actors))
+    if batch_size:
+        options.batch_size = batch_size
+    clock = BatchClock()
+    import psutil
+
+    cluster = LoopbackCluster.attach(ray_folder) if ray_folder else None
+    spilled = 0
+    with MemorySampler(lambda: cluster.processes() if cluster else psutil.Process().children(recursive=True)) as memory:
+        if engine == "ray-local":
+            import ray
+
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, _temp_dir=ray_folder)
+        summary = audit_dataset(db.load_dataset(name), [model], options, progress=clock).scan
+        if engine != "local":
+            import ray
+            from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+            spilled = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats.spilled_bytes_total
+            ray.shutdown()
+    return {**clock.figures(), "engine": engine, "seconds": summary.seconds, "peak_mb": memory.peak_mb,
+            "spilled_mb": spilled / 2**20, "second_phase_seconds": summary.second_phase_seconds}
+
+
 def grow(base: str, name: str, n: int, own_classes: bool = False) -> None:
     """A dataset of ``n`` samples, each a copy of one of ``base``'s (cycling) with its embedding
     jittered: as if ``n`` photos had been through the first phase. With ``own_classes``, labelled in
@@ -165,13 +267,16 @@ def second_phase_alone(name: str, head: str) -> dict:
     from audit.evidence import EvidenceOptions
     from audit.head_choice import choose_head
     from audit.models.registry import load_model
+    from audit.scan import LocalEngine
 
     dataset = db.load_dataset(name)
     model = load_model("efficientnet_lite0", device="auto")
     key = db.audit_info(dataset)["scan"]["key"]
     started = time.perf_counter()
     evidence = EvidenceOptions(class_maps=head != "fit", second_opinion=head != "fit")
-    done = second_phase.run(dataset, [model], key, choose_head(dataset, model, head), evidence, 32, 0)
+    with ThreadPoolExecutor(max_workers=1) as png_writer:
+        done = second_phase.run(dataset, [model], key, choose_head(dataset, model, head), evidence, 32,
+                                LocalEngine(0, png_writer))
     return {"judged": done.judged, "seconds": time.perf_counter() - started, "peak_mb": peak_mb(resource.RUSAGE_SELF)}
 
 
@@ -202,6 +307,41 @@ def measure(mode: str, n: int, folder: Path, env: dict, options: argparse.Namesp
     return run_child(["--child", mode, str(table), "--name", name, *extra], env)
 
 
+def compare_engines(n: int, folder: Path, env: dict, options: argparse.Namespace) -> None:
+    """--engine ray: the local engine, Ray with one model actor (a local instance), and Ray on two
+    loopback nodes with two actors, over the same images, each run in a process of its own."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from ray_support import LoopbackCluster
+
+    table = replicate(n, folder)
+    extra = ["--batch-size", str(options.batch_size)] if options.batch_size else []
+    rows = []
+    for engine in ("local", "ray-local", "ray-cluster"):
+        name = f"bench-engine-{engine}-{n}"
+        run_child(["--ingest", str(table), "--name", name], env)
+        if engine == "ray-cluster":
+            cluster = LoopbackCluster()
+            cluster.start()
+            try:
+                rows.append(run_child(["--engine-child", engine, str(table), "--name", name, "--address", cluster.address,
+                                       "--actors", "2", "--ray-folder", cluster.folder, *extra], cluster.env))
+            finally:
+                cluster.stop()
+        else:
+            ray_folder = ["--ray-folder", tempfile.mkdtemp(prefix="ray-", dir="/tmp")] if engine == "ray-local" else []
+            rows.append(run_child(["--engine-child", engine, str(table), "--name", name, "--actors", "1", *ray_folder,
+                                   *extra], env))
+    labels = {"local": "local engine", "ray-local": "Ray, 1 model actor (local instance)",
+              "ray-cluster": "Ray, 2 loopback nodes, 2 model actors"}
+    print(f"N = {n}, {os.cpu_count()} cores; start-up = until the first batch is written (Ray: its start or "
+          "connection, the actors loading the model)")
+    print(f"{'':40} {'start-up s':>10} {'steady img/s':>12} {'vs local':>8} {'peak MB':>8} {'spilled MB':>10}")
+    for row in rows:
+        print(f"{labels[row['engine']]:40} {row['startup_s']:>10.1f} {row['steady_img_s']:>12.1f} "
+              f"{row['steady_img_s'] / rows[0]['steady_img_s']:>8.3f} {row['peak_mb']:>8.0f} {row['spilled_mb']:>10.0f}")
+    print("peak MB: the summed PSS of the driver and every process it or the cluster ran (decoders, raylets, actors)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=2000, help="images (default 2000)")
@@ -219,7 +359,13 @@ def main() -> None:
                         help="--second-phase-memory: the model's head (default), or a head fitted on ten classes")
     parser.add_argument("--grow", nargs=4, metavar=("BASE", "NAME", "N", "HEAD"), help=argparse.SUPPRESS)
     parser.add_argument("--phase2", nargs=2, metavar=("NAME", "HEAD"), help=argparse.SUPPRESS)
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="ray: the local engine against Ray with 1 actor and Ray on 2 loopback nodes")
     parser.add_argument("--child", nargs=2, metavar=("MODE", "CSV"), help=argparse.SUPPRESS)
+    parser.add_argument("--engine-child", nargs=2, metavar=("ENGINE", "CSV"), help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
+    parser.add_argument("--actors", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ray-folder", help=argparse.SUPPRESS)
     parser.add_argument("--ingest", metavar="CSV", help=argparse.SUPPRESS)
     parser.add_argument("--name", help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -227,6 +373,10 @@ def main() -> None:
     if options.child:
         result = child(options.child[0], Path(options.child[1]), options.name, options.batch_size, options.workers)
         print(json.dumps(result))
+        return
+    if options.engine_child:
+        print(json.dumps(child_engine(options.engine_child[0], Path(options.engine_child[1]), options.name,
+                                      options.batch_size, options.address, options.actors, options.ray_folder)))
         return
     if options.ingest:
         ingest(Path(options.ingest), options.name)
@@ -249,7 +399,9 @@ def main() -> None:
     env = dict(os.environ)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start; data in {folder}")
     try:
-        if options.second_phase_memory:
+        if options.engine == "ray":
+            compare_engines(options.n, folder, env, options)
+        elif options.second_phase_memory:
             sizes = [int(s) for s in (options.sizes if options.sizes != "2000,20000" else "5000,50000").split(",")]
             measure("b", 1000, folder, env, options, suffix="-base")
             rows = []
