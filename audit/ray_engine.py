@@ -4,7 +4,7 @@ retries the lost batches. The driver (`audit.scan.scan`) keeps everything else: 
 lock, the settings key, the pending samples, the database writes, the second phase's fit, rescoring.
 
 The flow of one phase: the driver reads the pending samples from MongoDB a page at a time and
-hands Ray only chunk bounds (the first and last ``_id`` of CHUNK_BATCHES batches). A read task per
+hands Ray only chunk bounds (the first and last ``_id`` of a batch of them). A read task per
 chunk reads its rows from MongoDB itself (the URI is passed explicitly), decodes the images and
 sends the models' inputs as 8-bit pixels. `ModelActor` loads the models once, runs the scan's
 evidence code (`audit.scan.batch_fields`: forward pass, Eigen-CAM, class maps, boxes, second
@@ -39,7 +39,10 @@ from audit.models.preprocess import Preprocess
 from audit.models.registry import AuditModel
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'audit[ray]' (or pip install 'ray[data]>=2.50')"
-CHUNK_BATCHES = 8  # batches per read task: enough for the decoders to stream, small enough to spread
+# One batch per read task. A read task skips the samples written since it was planned, so a retry
+# may return fewer rows than the first try; Ray retries a task that yields several blocks by
+# skipping the blocks the first try delivered, which would then skip samples never delivered.
+# With one block per task, a retry after delivery is dropped whole, before delivery it is all new.
 PROBE_TIMEOUT_SECONDS = 60.0
 
 
@@ -170,10 +173,9 @@ def _datasource(chunks: list, source: Source):
     from ray.data import Datasource, ReadTask
     from ray.data.block import BlockAccessor, BlockMetadata
 
-    def read(chunk) -> Iterator:
+    def read(chunk) -> list:
         rows = chunk.rows(source)
-        for start in range(0, len(rows), source.batch_size):
-            yield BlockAccessor.batch_to_block(decode_rows(rows[start:start + source.batch_size], source.preprocesses))
+        return [BlockAccessor.batch_to_block(decode_rows(rows, source.preprocesses))] if rows else []
 
     class PendingChunks(Datasource):
         def estimate_inmemory_data_size(self):
@@ -278,6 +280,10 @@ class RayEngine:
     """The scan on Ray (see the module). A context: connects to the cluster (or starts a local
     instance when none is running and no address is given), checks every node, and disconnects."""
 
+    # Ray retries what fails; should a sample still not come back (the driver counts them), the
+    # scan reads what is left undone and runs it again, up to this many passes in all.
+    passes = 3
+
     def __init__(self, models: list[AuditModel], options, out_dir: Path):
         self.specs = [ModelSpec.of(model) for model in models]
         self.options, self.out_dir = options, out_dir
@@ -314,7 +320,7 @@ class RayEngine:
     def first_phase(self, pending, models, options, evidence_options, label_set_indices, out_dir: Path) -> Iterator[list]:
         """Per result batch, (sample id, fields, []) rows: the map files are written already."""
         root = pending.collection._root_dataset
-        chunks = list(_mongo_chunks(pending, options.batch_size * CHUNK_BATCHES))
+        chunks = list(_mongo_chunks(pending, options.batch_size))
         if not chunks:
             return
         source = Source(self.uri, self.database, root._sample_collection_name, db.label_field(root), names.GT_BOXES,
@@ -323,9 +329,8 @@ class RayEngine:
 
     def classify_again(self, heads, items: list[tuple], evidence_options, batch_size: int, out_dir: Path) -> Iterator[list]:
         """The second phase's samples in doubt of one fold through its heads, on the actors."""
-        size = batch_size * CHUNK_BATCHES
-        chunks = [ItemsChunk(tuple(items[start:start + size]), len(items[start:start + size]))
-                  for start in range(0, len(items), size)]
+        chunks = [ItemsChunk(tuple(items[start:start + batch_size]), len(items[start:start + batch_size]))
+                  for start in range(0, len(items), batch_size)]
         source = Source(self.uri, self.database, "", "", "", "", "", True, self.preprocesses, batch_size)
         fold_heads = [(head.fold_head, head.classes) for head in heads]
         yield from self._run(chunks, source, dict(fold_heads=fold_heads), evidence_options)
@@ -336,7 +341,7 @@ class RayEngine:
         plan = self.plan
         dataset = ray.data.read_datasource(_datasource(chunks, source)).map_batches(
             ModelActor, batch_size=source.batch_size, batch_format="numpy", num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(size=min(plan.actors, len(chunks) * CHUNK_BATCHES)),
+            compute=ray.data.ActorPoolStrategy(size=min(plan.actors, len(chunks))),
             fn_constructor_kwargs=dict(specs=self.specs, device=plan.device, options=self.options,
                                        evidence_options=evidence_options, out_dir=str(self.out_dir), **actor_kwargs),
             num_gpus=plan.gpus or None)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -320,6 +320,8 @@ class LocalEngine:
     """This machine: decoding in worker processes (`make_loader`), the models in this process, the
     map files written by a background thread."""
 
+    passes = 1  # nothing is lost on the way: one pass does every pending sample
+
     def __init__(self, workers: int, png_writer: ThreadPoolExecutor):
         self.workers, self.png_writer = workers, png_writer
 
@@ -401,18 +403,24 @@ def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | 
             skipped = 0 if options.restart else done
             todo = total - skipped if options.limit is None else min(total - skipped, options.limit)
             task = progress.add_task("scanning", total=todo) if progress else None
-            pending = PendingSamples(dataset, key, options, boxes=evidence_options.second_opinion)
-            for rows in engine.first_phase(pending, models, options, evidence_options, choice.label_set_indices,
-                                           out_dir):
-                for sample_id, fields, written in rows:
-                    unreadable += bool(fields.get(names.ERROR))
-                    writer.add(sample_id, {**fields, **cleared, names.HEAD_DONE: None}, written)
-                if progress:
-                    progress.advance(task, len(rows))
-                writer.flush_if_due()
-                if lock.lost:
-                    raise LockError(f"lost the scan lock of '{root.name}' (this process stalled for over "
-                                    f"{lock.stale_after:.0f} s and another scan took over); results so far are saved")
+            this_pass = options
+            for _ in range(engine.passes):  # a further pass over what a cluster's failures left undone
+                pending = PendingSamples(dataset, key, this_pass, boxes=evidence_options.second_opinion)
+                for rows in engine.first_phase(pending, models, options, evidence_options, choice.label_set_indices,
+                                               out_dir):
+                    for sample_id, fields, written in rows:
+                        unreadable += bool(fields.get(names.ERROR))
+                        writer.add(sample_id, {**fields, **cleared, names.HEAD_DONE: None}, written)
+                    if progress:
+                        progress.advance(task, len(rows))
+                    writer.flush_if_due()
+                    if lock.lost:
+                        raise LockError(f"lost the scan lock of '{root.name}' (this process stalled for over "
+                                        f"{lock.stale_after:.0f} s and another scan took over); results so far are saved")
+                writer.flush()
+                if writer.written >= todo:
+                    break
+                this_pass = replace(options, restart=False, limit=todo - writer.written)
         except KeyboardInterrupt:
             interrupted = True
         finally:

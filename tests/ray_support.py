@@ -23,7 +23,7 @@ from audit import db, names
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 BIN = Path(sys.executable).parent
 HEAD, WORKER = "127.0.0.2", "127.0.0.3"
-ACTOR = "ray::MapWorker(MapBatches(ModelActor))"  # the process title of a model actor
+ACTOR = "ray::MapWorker(MapBatches(ModelActor))"  # a model actor's process title (".submit" added while busy)
 
 
 def copies_of_the_sample_photos(folder: Path, count: int, unreadable: bool = False) -> Path:
@@ -159,7 +159,7 @@ class LoopbackCluster:
 
     def actors_on(self, ip: str) -> list[psutil.Process]:
         raylet = self.raylet(ip)
-        return [] if raylet is None else [p for p in raylet.children(recursive=True) if _title(p) == ACTOR]
+        return [] if raylet is None else [p for p in raylet.children(recursive=True) if _title(p).startswith(ACTOR)]
 
     def kill_node(self, ip: str) -> None:
         """SIGKILL to the node's raylet and everything under it (its workers, actors, agents)."""
