@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-cluster install clean
 
 $(STAMP): pyproject.toml scripts/install.sh
 	PYTHON=$(PYTHON) bash scripts/install.sh $(VENV)
@@ -17,6 +17,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The two-node Ray cluster on loopback (tests/test_ray_cluster.py): about 4 minutes, apart from `make test`.
+test-cluster: $(STAMP)
+	AUDIT_CLUSTER_TESTS=1 $(BIN)/python -m pytest -q tests/test_ray_cluster.py
 
 clean:
 	rm -rf $(VENV)
