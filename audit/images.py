@@ -16,6 +16,11 @@ class UnreadableImage(Exception):
     """An image file that cannot be decoded, for a reason PIL does not name well (an empty file)."""
 
 
+def unreadable_reason(error: Exception) -> str:
+    """Why an image could not be read, in one short line (stored on its sample)."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
+
+
 def open_rgb(filepath: str | os.PathLike, min_side: int | None = None) -> Image.Image:
     """The image at ``filepath`` as 8-bit RGB, in the orientation its EXIF tag asks for.
 

@@ -34,7 +34,7 @@ import torch
 
 from audit import db, names
 from audit.errors import AuditError
-from audit.images import open_rgb
+from audit.images import open_rgb, unreadable_reason
 from audit.models.preprocess import Preprocess
 from audit.models.registry import AuditModel
 
@@ -160,7 +160,7 @@ def decode_rows(rows: list[tuple], preprocesses: tuple[Preprocess, ...]) -> dict
             widths[row], heights[row] = image.width, image.height
             errors.append("")
         except Exception as error:
-            errors.append(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200])
+            errors.append(unreadable_reason(error))
     columns = {"id": np.array([r[0] for r in rows], dtype=object), "filepath": np.array([r[1] for r in rows], dtype=object),
                "label": np.array([json.dumps(r[2]) for r in rows], dtype=object),
                "boxes": np.array([json.dumps(r[3]) for r in rows], dtype=object),
@@ -228,11 +228,13 @@ class ModelActor:
                 "fields": np.array([pickle.dumps(fields) for _, fields, _ in rows], dtype=object)}
 
     def _batch(self, columns: dict[str, np.ndarray]) -> dict:
+        from audit.scan import fast_memory_format
+
         images = []
         for index, model in enumerate(self.models):
             pixels = torch.from_numpy(np.ascontiguousarray(columns[f"pixels{index}"]))
             tensor = model.preprocess.normalise(pixels)
-            if model.device.type in ("cpu", "cuda"):
+            if fast_memory_format(model.device):
                 tensor = tensor.contiguous(memory_format=torch.channels_last)
             images.append(tensor)
         return {"index": list(columns["id"]), "filepath": list(columns["filepath"]), "images": images,

@@ -37,7 +37,7 @@ from audit import db, names, settings
 from audit.evidence import (EvidenceOptions, batch_evidence, field_suffix, model_class_index, model_field_names,
                             sample_fields)
 from audit.explain.boxes import DEFAULT_THRESHOLD
-from audit.images import open_rgb
+from audit.images import open_rgb, unreadable_reason
 from audit import second_phase
 from audit.head_choice import MODEL, HeadChoice, choose_head
 from audit.lock import LockError, ScanLock
@@ -116,7 +116,7 @@ class ImageFiles(Dataset):
             return {"index": key, "filepath": filepath, "images": tensors, "width": image.width,
                     "height": image.height, "error": ""}
         except Exception as error:
-            message = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200]
+            message = unreadable_reason(error)
             blanks = [torch.zeros(3, p.crop, p.crop) for p in self.preprocesses]
             return {"index": key, "filepath": filepath, "images": blanks, "width": 0, "height": 0, "error": message}
 
@@ -159,7 +159,7 @@ def plan_resources(device: torch.device, workers: int | None = None,
     return (max(1, _cores() // 4) if workers is None else workers), threads
 
 
-def _fast_memory_format(device: torch.device) -> bool:
+def fast_memory_format(device: torch.device) -> bool:
     """channels_last: about 1.6x faster convolutions on a CPU (oneDNN), the tensor-core layout on CUDA."""
     return device.type in ("cpu", "cuda")
 
@@ -172,7 +172,7 @@ def model_runtime(model: AuditModel, options: ScanOptions):
     saved_threads, saved_autocast = torch.get_num_threads(), model.forward.autocast
     if threads:
         torch.set_num_threads(threads)
-    if _fast_memory_format(model.device):
+    if fast_memory_format(model.device):
         model.network.to(memory_format=torch.channels_last)
     model.forward.autocast = model.device.type == "cuda" if options.amp is None else options.amp
     try:
@@ -180,7 +180,7 @@ def model_runtime(model: AuditModel, options: ScanOptions):
     finally:
         model.forward.autocast = saved_autocast
         torch.set_num_threads(saved_threads)
-        if _fast_memory_format(model.device):
+        if fast_memory_format(model.device):
             model.network.to(memory_format=torch.contiguous_format)
 
 
@@ -207,7 +207,7 @@ def make_loader(items, models: list[AuditModel], batch_size: int, workers: int) 
     device = models[0].device
     return DataLoader(ImageFiles([model.preprocess for model in models]), batch_size=batch_size,
                       sampler=items, num_workers=workers, worker_init_fn=_worker_init if workers else None,
-                      collate_fn=_Collate(_fast_memory_format(device)),
+                      collate_fn=_Collate(fast_memory_format(device)),
                       pin_memory=device.type == "cuda", persistent_workers=False)
 
 

@@ -31,7 +31,7 @@ of its own: the local engine; Ray with one model actor (a local instance the run
 two loopback nodes (head 127.0.0.2, worker 127.0.0.3, `ray start`, 100 MB object stores) with two
 actors. Each prints its start-up (until the first batch is written) apart from its steady-state
 images/s (the batches after it), the summed memory (PSS) of every process of the run, and the
-bytes the object store spilled to disk.
+most the object store held spilled to disk at once.
 
 Run (CPU timings mean something only on an otherwise idle machine; the load average is printed):
     .venv/bin/python benchmarks/scan_speed.py                   # N = 2000: a, b, c
@@ -158,12 +158,13 @@ class BatchClock:
 class MemorySampler:
     """The summed proportional set size (PSS: shared pages split between their processes, so the
     object store's shared memory counts once) of this process and ``others()``, every half second;
-    ``peak_mb`` is the largest sum seen."""
+    ``peak_mb`` is the largest sum seen. With ``spill_folder`` (a Ray temporary folder), also the
+    largest size of the objects Ray had spilled to disk there at once (``spilled_mb``)."""
 
-    def __init__(self, others):
+    def __init__(self, others, spill_folder: str | None = None):
         import threading
 
-        self.others, self.peak_mb = others, 0.0
+        self.others, self.spill_folder, self.peak_mb, self.spilled_mb = others, spill_folder, 0.0, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -178,6 +179,10 @@ class MemorySampler:
                 except psutil.Error:
                     pass
             self.peak_mb = max(self.peak_mb, total / 2**20)
+            if self.spill_folder:
+                spilled = sum(path.stat().st_size for path in Path(self.spill_folder).rglob("ray_spilled_objects*/*")
+                              if path.is_file())
+                self.spilled_mb = max(self.spilled_mb, spilled / 2**20)
 
     def __enter__(self):
         self._thread.start()
@@ -210,21 +215,18 @@ def child_engine(engine: str, table: Path, name: str, batch_size: int | None, ad
     import psutil
 
     cluster = LoopbackCluster.attach(ray_folder) if ray_folder else None
-    spilled = 0
-    with MemorySampler(lambda: cluster.processes() if cluster else psutil.Process().children(recursive=True)) as memory:
-        if engine == "ray-local":
+    with MemorySampler(lambda: cluster.processes() if cluster else psutil.Process().children(recursive=True),
+                       spill_folder=ray_folder) as memory:
+        if engine != "local":  # started (or joined) here, not by the scan: its start-up counts as the scan's
             import ray
 
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, _temp_dir=ray_folder)
+            ray.init(address=address, log_to_driver=False,
+                     **({} if address else {"num_cpus": os.cpu_count(), "include_dashboard": False, "_temp_dir": ray_folder}))
         summary = audit_dataset(db.load_dataset(name), [model], options, progress=clock).scan
         if engine != "local":
-            import ray
-            from ray._private.internal_api import get_memory_info_reply, get_state_from_address
-
-            spilled = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats.spilled_bytes_total
             ray.shutdown()
     return {**clock.figures(), "engine": engine, "seconds": summary.seconds, "peak_mb": memory.peak_mb,
-            "spilled_mb": spilled / 2**20, "second_phase_seconds": summary.second_phase_seconds}
+            "spilled_mb": memory.spilled_mb, "second_phase_seconds": summary.second_phase_seconds}
 
 
 def grow(base: str, name: str, n: int, own_classes: bool = False) -> None:
@@ -339,7 +341,8 @@ def compare_engines(n: int, folder: Path, env: dict, options: argparse.Namespace
     for row in rows:
         print(f"{labels[row['engine']]:40} {row['startup_s']:>10.1f} {row['steady_img_s']:>12.1f} "
               f"{row['steady_img_s'] / rows[0]['steady_img_s']:>8.3f} {row['peak_mb']:>8.0f} {row['spilled_mb']:>10.0f}")
-    print("peak MB: the summed PSS of the driver and every process it or the cluster ran (decoders, raylets, actors)")
+    print("peak MB: the summed PSS of the driver and every process it or the cluster ran (decoders, raylets, actors); "
+          "spilled MB: the most Ray held spilled to disk at once")
 
 
 def main() -> None:
