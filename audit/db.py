@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from audit import names, settings  # (also sets FiftyOne's environment before it is imported)
-from audit.errors import AuditError
+from audit.errors import AuditError, first_line
 
 import fiftyone as fo
 from fiftyone import ViewField as F
@@ -41,10 +41,10 @@ def ensure_database() -> None:
         connection = database.get_db_conn()
     except Exception as error:
         if fo.config.database_uri:
-            hint = f"check FIFTYONE_DATABASE_URI ({_redacted(fo.config.database_uri)})"
+            hint = f"check FIFTYONE_DATABASE_URI ({redacted(fo.config.database_uri)})"
         else:
             hint = f"see {Path(fo.config.database_dir) / 'log' / 'mongo.log'}; reinstall it with {_INSTALL} {_USE_URI}"
-        raise DatasetError(f"cannot reach FiftyOne's database ({_first_line(error)}); {hint}") from None
+        raise DatasetError(f"cannot reach FiftyOne's database ({first_line(error)}); {hint}") from None
     if not fo.config.database_uri and not _DATABASE_CHECKED.get("folder"):
         _check_database_folder(connection.client)
         _DATABASE_CHECKED["folder"] = True
@@ -71,13 +71,7 @@ def _check_database_folder(client) -> None:
         f"FIFTYONE_DATABASE_URI=mongodb://127.0.0.1:{port}")
 
 
-def _first_line(error: BaseException, limit: int = 160) -> str:
-    text = str(error).strip()
-    text = text.split(" (configured timeouts")[0].split(", Timeout: ")[0]  # pymongo's long tail
-    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
-
-
-def _redacted(uri: str) -> str:
+def redacted(uri: str) -> str:
     """The URI without its password."""
     return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", uri)
 
@@ -93,8 +87,8 @@ def _check_uri(uri: str) -> None:
         client.admin.command("ping")
     except Exception as error:
         raise DatasetError(
-            f"no MongoDB answers at FIFTYONE_DATABASE_URI={_redacted(uri)} within {timeout:g} s "
-            f"({_first_line(error)}); start that database, correct the URI, or unset FIFTYONE_DATABASE_URI "
+            f"no MongoDB answers at FIFTYONE_DATABASE_URI={redacted(uri)} within {timeout:g} s "
+            f"({first_line(error)}); start that database, correct the URI, or unset FIFTYONE_DATABASE_URI "
             "to let FiftyOne run its own mongod") from None
     finally:
         if client is not None:
@@ -119,7 +113,7 @@ def _check_mongod() -> None:
         problem = None if ran.returncode == 0 else (
             (ran.stderr.strip() or ran.stdout.strip()).splitlines() or [f"exit status {ran.returncode}"])[-1]
     except (OSError, subprocess.TimeoutExpired) as error:
-        problem = _first_line(error)
+        problem = first_line(error)
     if problem:
         raise DatasetError(f"FiftyOne's mongod ({mongod}) does not run on this machine ({problem[:160]}); "
                            f"reinstall it with {_INSTALL} {_USE_URI}")

@@ -17,3 +17,10 @@ class OptionError(AuditError):
     def __init__(self, message: str, option: str):
         super().__init__(message)
         self.option = option
+
+
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """An exception's message cut to its first line (and pymongo's long tail dropped), or its type's name."""
+    text = str(error).strip()
+    text = text.split(" (configured timeouts")[0].split(", Timeout: ")[0]
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]

@@ -39,6 +39,25 @@ def open_rgb(filepath: str | os.PathLike, min_side: int | None = None) -> Image.
             return to_rgb(ImageOps.exif_transpose(image))
 
 
+# torchvision's InterpolationMode names -> PIL's resampling filters (as torchvision maps them).
+RESAMPLING = {"nearest": Image.Resampling.NEAREST, "nearest-exact": Image.Resampling.NEAREST,
+              "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+              "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING, "lanczos": Image.Resampling.LANCZOS}
+
+
+def resized_center_crop(image: Image.Image, short: int, crop: int, interpolation: str = "bicubic") -> np.ndarray:
+    """The shorter side resized to ``short``, then the center ``crop`` square, as (crop, crop, 3)
+    uint8 pixels: torchvision's ``resize`` + ``center_crop`` of a PIL image to the pixel (black
+    padding where the image is smaller), with PIL and NumPy alone, so that a decoding process
+    need not import torch."""
+    width, height = image.size
+    size = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+    if size != image.size:
+        image = image.resize(size, resample=RESAMPLING[interpolation])
+    left, top = (-((crop - side) // 2) if crop > side else int(round((side - crop) / 2.0)) for side in image.size)
+    return np.asarray(image.crop((left, top, left + crop, top + crop)))
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """An image of any PIL mode as 8-bit RGB. 16-bit grayscale is scaled from 0..65535 (a plain
     conversion would clip it to white), 32-bit integer and float images by their range (0..1,

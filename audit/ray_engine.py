@@ -6,7 +6,7 @@ lock, the settings key, the pending samples, the database writes, the second pha
 The flow of one phase: the driver reads the pending samples from MongoDB a page at a time and
 hands Ray only chunk bounds (the first and last ``_id`` of a batch of them). A read task per
 chunk reads its rows from MongoDB itself (the URI is passed explicitly), decodes the images and
-sends the models' inputs as 8-bit pixels. `ModelActor` loads the models once, runs the scan's
+sends the models' inputs as 8-bit pixels (`audit.ray_tasks`: no torch or FiftyOne in those processes). `ModelActor` loads the models once, runs the scan's
 evidence code (`audit.scan.batch_fields`: forward pass, Eigen-CAM, class maps, boxes, second
 opinions), writes the map files (atomically, into the map folder every node sees at the same path)
 and returns only each sample's id and its fields, pickled. The driver writes them with the scan's
@@ -27,6 +27,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +35,10 @@ import torch
 
 from audit import db, names
 from audit.errors import AuditError
-from audit.images import open_rgb, unreadable_reason
-from audit.models.preprocess import Preprocess
 from audit.models.registry import AuditModel
+from audit.ray_tasks import ItemsChunk, MongoChunk, PixelRecipe, Source, probe, read_chunk
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'audit[ray]' (or pip install 'ray[data]>=2.50')"
-# One batch per read task. A read task skips the samples written since it was planned, so a retry
-# may return fewer rows than the first try; Ray retries a task that yields several blocks by
-# skipping the blocks the first try delivered, which would then skip samples never delivered.
-# With one block per task, a retry after delivery is dropped whole, before delivery it is all new.
 PROBE_TIMEOUT_SECONDS = 60.0
 
 
@@ -85,104 +81,25 @@ class ModelSpec:
         return model
 
 
-# --- reading and decoding: Ray Data read tasks ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MongoChunk:
-    """Pending samples with ``first <= _id <= last`` and no done marker of ``key``, read from the
-    database by the task (a retried task skips what was written meanwhile)."""
-
-    first: str
-    last: str
-    count: int
-
-    def rows(self, source: "Source") -> list[tuple]:
-        import pymongo
-        from bson import ObjectId
-
-        client = pymongo.MongoClient(source.uri, serverSelectionTimeoutMS=30_000)
-        try:
-            collection = client[source.database][source.collection]
-            query = {"_id": {"$gte": ObjectId(self.first), "$lte": ObjectId(self.last)},
-                     source.marker: {"$ne": source.key}}
-            projection = {"filepath": 1, source.label_field: 1, f"{source.box_field}.detections.bounding_box": 1}
-            documents = list(collection.find(query, projection).sort("_id", 1))
-        finally:
-            client.close()
-        return [(str(doc["_id"]), doc["filepath"], (doc.get(source.label_field) or {}).get("label"),
-                 _boxes(doc.get(source.box_field)) if source.boxes else None) for doc in documents]
-
-
-def _boxes(value: dict | None) -> list | None:
-    boxes = [d.get("bounding_box") for d in (value or {}).get("detections") or []]
-    return [b for b in boxes if b] or None
-
-
-@dataclass(frozen=True)
-class ItemsChunk:
-    """Samples given by the driver: (id, filepath, label, boxes) rows (the second phase's few)."""
-
-    items: tuple
-    count: int
-
-    def rows(self, _source: "Source") -> list[tuple]:
-        return list(self.items)
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the read tasks find the samples, and how they decode them for the models."""
-
-    uri: str
-    database: str
-    collection: str
-    label_field: str
-    box_field: str
-    marker: str
-    key: str
-    boxes: bool  # read the ground-truth boxes (for second opinions)
-    preprocesses: tuple[Preprocess, ...]
-    batch_size: int
-
-
-def decode_rows(rows: list[tuple], preprocesses: tuple[Preprocess, ...]) -> dict[str, np.ndarray]:
-    """A batch of rows -> columns: the ids, file paths, labels and boxes (JSON), the decoded size,
-    the error ("" when readable) and per model its input as (3, crop, crop) uint8 pixels."""
-    min_side = max(p.resize_short for p in preprocesses)
-    pixels = [np.zeros((len(rows), 3, p.crop, p.crop), np.uint8) for p in preprocesses]
-    widths, heights, errors = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64), []
-    for row, (_id, filepath, _label, _boxes) in enumerate(rows):
-        try:
-            image = open_rgb(filepath, min_side)
-            for index, preprocess in enumerate(preprocesses):
-                pixels[index][row] = preprocess.pixels(image).numpy()
-            widths[row], heights[row] = image.width, image.height
-            errors.append("")
-        except Exception as error:
-            errors.append(unreadable_reason(error))
-    columns = {"id": np.array([r[0] for r in rows], dtype=object), "filepath": np.array([r[1] for r in rows], dtype=object),
-               "label": np.array([json.dumps(r[2]) for r in rows], dtype=object),
-               "boxes": np.array([json.dumps(r[3]) for r in rows], dtype=object),
-               "width": widths, "height": heights, "error": np.array(errors, dtype=object)}
-    columns.update({f"pixels{index}": array for index, array in enumerate(pixels)})
-    return columns
+# --- reading and decoding: Ray Data read tasks (`audit.ray_tasks`) ----------------------------------
 
 
 def _datasource(chunks: list, source: Source):
     from ray.data import Datasource, ReadTask
-    from ray.data.block import BlockAccessor, BlockMetadata
-
-    def read(chunk) -> list:
-        rows = chunk.rows(source)
-        return [BlockAccessor.batch_to_block(decode_rows(rows, source.preprocesses))] if rows else []
+    from ray.data.block import BlockMetadata
 
     class PendingChunks(Datasource):
         def estimate_inmemory_data_size(self):
-            return sum(chunk.count for chunk in chunks) * sum(3 * p.crop * p.crop for p in source.preprocesses)
+            return sum(chunk.count for chunk in chunks) * sum(3 * r.crop * r.crop for r in source.recipes)
 
         def get_read_tasks(self, parallelism, per_task_row_limit=None, data_context=None):
-            return [ReadTask(lambda chunk=chunk: read(chunk), BlockMetadata(chunk.count, None, None, None))
+            # One batch per read task. A read task skips the samples written since it was planned, so a
+            # retry may return fewer rows than the first try; Ray retries a task that yields several
+            # blocks by skipping the blocks the first try delivered, which would then skip samples never
+            # delivered. With one block per task, a retry after delivery is dropped whole.
+            # A task is a function of this light module, pickled by reference: its process imports
+            # no torch or FiftyOne.
+            return [ReadTask(partial(read_chunk, chunk, source), BlockMetadata(chunk.count, None, None, None))
                     for chunk in chunks]
 
     return PendingChunks()
@@ -289,7 +206,8 @@ class RayEngine:
     def __init__(self, models: list[AuditModel], options, out_dir: Path):
         self.specs = [ModelSpec.of(model) for model in models]
         self.options, self.out_dir = options, out_dir
-        self.preprocesses = tuple(model.preprocess for model in models)
+        self.recipes = tuple(PixelRecipe(m.preprocess.resize_short, m.preprocess.crop, m.preprocess.interpolation)
+                             for m in models)
         self.started = False
 
     def __enter__(self) -> "RayEngine":
@@ -306,6 +224,7 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the scan's own bar counts what is written
         logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "Progress bars disabled"
         alive = [node for node in ray.nodes() if node.get("Alive")]
         self.plan = plan_actors(ray.cluster_resources(), len(alive), self.options.cluster.actors,
                                 self.options.cluster.gpus_per_actor)
@@ -326,23 +245,24 @@ class RayEngine:
         if not chunks:
             return
         source = Source(self.uri, self.database, root._sample_collection_name, db.label_field(root), names.GT_BOXES,
-                        names.DONE, pending.key, pending.box_field is not None, self.preprocesses, options.batch_size)
-        yield from self._run(chunks, source, dict(label_set_indices=label_set_indices), evidence_options)
+                        names.DONE, pending.key, pending.box_field is not None, self.recipes)
+        yield from self._run(chunks, source, dict(label_set_indices=label_set_indices), evidence_options,
+                             options.batch_size)
 
     def classify_again(self, heads, items: list[tuple], evidence_options, batch_size: int, out_dir: Path) -> Iterator[list]:
         """The second phase's samples in doubt of one fold through its heads, on the actors."""
         chunks = [ItemsChunk(tuple(items[start:start + batch_size]), len(items[start:start + batch_size]))
                   for start in range(0, len(items), batch_size)]
-        source = Source(self.uri, self.database, "", "", "", "", "", True, self.preprocesses, batch_size)
+        source = Source(self.uri, self.database, "", "", "", "", "", True, self.recipes)
         fold_heads = [(head.fold_head, head.classes) for head in heads]
-        yield from self._run(chunks, source, dict(fold_heads=fold_heads), evidence_options)
+        yield from self._run(chunks, source, dict(fold_heads=fold_heads), evidence_options, batch_size)
 
-    def _run(self, chunks: list, source: Source, actor_kwargs: dict, evidence_options) -> Iterator[list]:
+    def _run(self, chunks: list, source: Source, actor_kwargs: dict, evidence_options, batch_size: int) -> Iterator[list]:
         import ray
 
         plan = self.plan
         dataset = ray.data.read_datasource(_datasource(chunks, source)).map_batches(
-            ModelActor, batch_size=source.batch_size, batch_format="numpy", num_cpus=1,
+            ModelActor, batch_size=batch_size, batch_format="numpy", num_cpus=1,
             compute=ray.data.ActorPoolStrategy(size=min(plan.actors, len(chunks))),
             fn_constructor_kwargs=dict(specs=self.specs, device=plan.device, options=self.options,
                                        evidence_options=evidence_options, out_dir=str(self.out_dir), **actor_kwargs),
@@ -377,8 +297,9 @@ def check_nodes(ray, nodes: list[dict], out_dir: Path, uri: str) -> None:
     mine = out_dir / f".probe-{token}"
     mine.write_text(token)
     try:
-        probes = {node["NodeManagerAddress"]: ray.remote(num_cpus=0)(_probe).options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(str(out_dir), token, uri)
+        probes = {node["NodeManagerAddress"]: ray.remote(num_cpus=0)(probe).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)).remote(
+                str(out_dir), token, uri, db.redacted(uri))
             for node in nodes}
         for address, reference in probes.items():
             problem = ray.get(reference, timeout=PROBE_TIMEOUT_SECONDS)
@@ -390,29 +311,3 @@ def check_nodes(ray, nodes: list[dict], out_dir: Path, uri: str) -> None:
                 raise ClusterError(f"node {address}: {problem}")
     finally:
         mine.unlink(missing_ok=True)
-
-
-def _probe(out_dir: str, token: str, uri: str) -> str:
-    """On one node: what keeps it from scanning ("" when nothing)."""
-    import pymongo
-
-    folder = Path(out_dir)
-    try:
-        if (folder / f".probe-{token}").read_text() != token:
-            raise OSError
-    except OSError:
-        return f"does not see the map folder {out_dir} (it must be shared storage, mounted at the same path)"
-    from ray.util import get_node_ip_address
-
-    try:
-        (folder / f".probe-{token}-{get_node_ip_address()}").write_text(token)
-    except OSError as error:
-        return f"cannot write into the map folder {out_dir} ({error})"
-    client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=10_000)
-    try:
-        client.admin.command("ping")
-    except Exception as error:
-        return f"cannot reach the database at {db._redacted(uri)} ({db._first_line(error)}): set FIFTYONE_DATABASE_URI to a MongoDB every node reaches"
-    finally:
-        client.close()
-    return ""

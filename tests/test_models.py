@@ -7,8 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
+from audit.images import RESAMPLING, open_rgb
 from audit.models.registry import load_model
 from audit.models.weights import ModelError, read_state_dict
+
+SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 
 
 def test_embedded_model_uses_timm_preprocessing_and_finds_the_last_feature_map(embedded_model):
@@ -105,3 +108,23 @@ def test_missing_weights_offline_say_which_file_and_how_to_pass_it(monkeypatch, 
 def test_unknown_model_name():
     with pytest.raises(ModelError, match="unknown model"):
         load_model("no_such_net", device="cpu")
+
+
+@pytest.mark.parametrize("interpolation", sorted(RESAMPLING))
+def test_the_decoders_pixels_equal_torchvisions_resize_and_center_crop(interpolation):
+    """`Preprocess.pixels` (PIL and NumPy only, what a Ray read task runs without importing torch)
+    gives torchvision's resize + center crop to the pixel: real photos, and images smaller than the
+    crop (black padding) in both orientations."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    from audit.models.preprocess import Preprocess
+
+    photos = [open_rgb(SAMPLE_DATA / name) for name in ("chelsea.jpg", "rocket.jpg", "coffee.jpg")]
+    tiny = [Image.effect_mandelbrot(size, (-2, -1.5, 1, 1.5), 60).convert("RGB") for size in ((3, 150), (199, 7))]
+    for preprocess in (Preprocess.from_crop_pct(224, 0.875, (0.5,) * 3, (0.5,) * 3, interpolation),
+                       Preprocess(260, 240, (0.5,) * 3, (0.5,) * 3, interpolation)):
+        for image in photos + tiny:
+            resized = F.resize(image, preprocess.resize_short, interpolation=InterpolationMode(interpolation))
+            expected = F.to_image(F.center_crop(resized, preprocess.crop)).as_subclass(torch.Tensor)
+            assert torch.equal(preprocess.pixels(image), expected), (image.size, preprocess)

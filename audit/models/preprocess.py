@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from audit.explain.geometry import Window, resize_center_crop_window
+from audit.images import resized_center_crop
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,8 @@ class Preprocess:
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """The resized, cropped model input as 8-bit pixels, (3, crop, crop) uint8: what a decoder
         sends to a model on another process or machine (a quarter of the float tensor's bytes)."""
-        mode = InterpolationMode(self.interpolation)
-        image = F.resize(image, self.resize_short, interpolation=mode, antialias=True)
-        return F.to_image(F.center_crop(image, self.crop)).as_subclass(torch.Tensor)
+        pixels = resized_center_crop(image, self.resize_short, self.crop, self.interpolation)
+        return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """8-bit pixels (..., 3, H, W) -> the model's normalised float input."""
