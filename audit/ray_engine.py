@@ -6,10 +6,11 @@ lock, the settings key, the pending samples, the database writes, the second pha
 The flow of one phase: the driver reads the pending samples from MongoDB a page at a time and
 hands Ray only chunk bounds (the first and last ``_id`` of a batch of them). A read task per
 chunk reads its rows from MongoDB itself (the URI is passed explicitly), decodes the images and
-sends the models' inputs as 8-bit pixels (`audit.ray_tasks`: no torch or FiftyOne in those processes). `ModelActor` loads the models once, runs the scan's
-evidence code (`audit.scan.batch_fields`: forward pass, Eigen-CAM, class maps, boxes, second
-opinions), writes the map files (atomically, into the map folder every node sees at the same path)
-and returns only each sample's id and its fields, pickled. The driver writes them with the scan's
+sends the models' inputs as 8-bit pixels (`audit.ray_tasks`: no torch or FiftyOne in those
+processes). `ModelActor` loads the models once, runs the scan's evidence code
+(`audit.scan.batch_fields`: forward pass, Eigen-CAM, class maps, boxes, second opinions), writes
+the map files (atomically, into the map folder every node sees at the same path) and returns only
+each sample's id and its fields, pickled. The driver writes them with the scan's
 `audit.scan.BulkWriter` (fields first, the done marker last): a retried batch rewrites the same
 values, a killed driver leaves nothing marked done that is not complete.
 

@@ -157,14 +157,16 @@ class BatchClock:
 
 class MemorySampler:
     """The summed proportional set size (PSS: shared pages split between their processes, so the
-    object store's shared memory counts once) of this process and ``others()``, every half second;
-    ``peak_mb`` is the largest sum seen. With ``spill_folder`` (a Ray temporary folder), also the
-    largest size of the objects Ray had spilled to disk there at once (``spilled_mb``)."""
+    object store's shared memory counts once) of this process and ``others()`` (each process once),
+    every half second; ``peak_mb`` is the largest sum seen and ``peak_parts`` its MB per kind of
+    process (`process_kind`). With ``spill_folder`` (a Ray temporary folder), also the largest size
+    of the objects Ray had spilled to disk there at once (``spilled_mb``)."""
 
     def __init__(self, others, spill_folder: str | None = None):
         import threading
 
         self.others, self.spill_folder, self.peak_mb, self.spilled_mb = others, spill_folder, 0.0, 0.0
+        self.peak_parts: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -172,13 +174,15 @@ class MemorySampler:
         import psutil
 
         while not self._stop.wait(0.5):
-            total = 0
-            for process in [psutil.Process(), *self.others()]:
+            parts: dict[str, float] = {}
+            for process in {p.pid: p for p in [psutil.Process(), *self.others()]}.values():
                 try:
-                    total += process.memory_full_info().pss
+                    kind = "driver" if process.pid == os.getpid() else process_kind(process.cmdline())
+                    parts[kind] = parts.get(kind, 0.0) + process.memory_full_info().pss / 2**20
                 except psutil.Error:
                     pass
-            self.peak_mb = max(self.peak_mb, total / 2**20)
+            if sum(parts.values()) > self.peak_mb:
+                self.peak_mb, self.peak_parts = sum(parts.values()), parts
             if self.spill_folder:
                 spilled = sum(path.stat().st_size for path in Path(self.spill_folder).rglob("ray_spilled_objects*/*")
                               if path.is_file())
@@ -191,6 +195,16 @@ class MemorySampler:
     def __exit__(self, *_exc):
         self._stop.set()
         self._thread.join()
+
+
+def process_kind(cmdline: list[str]) -> str:
+    """What a process is, for the memory breakdown: a Ray worker by its title (``ray::IDLE`` is a
+    pooled worker, the read tasks' decoders among them), else its program's name."""
+    title = " ".join(cmdline)
+    if title.startswith("ray::"):
+        return title.split()[0].split("(")[0].split(".")[0]
+    program = next((Path(part).name for part in cmdline if part.endswith(".py")), Path(cmdline[0]).name if cmdline else "?")
+    return program
 
 
 def child_engine(engine: str, table: Path, name: str, batch_size: int | None, address: str | None,
@@ -215,8 +229,10 @@ def child_engine(engine: str, table: Path, name: str, batch_size: int | None, ad
     import psutil
 
     cluster = LoopbackCluster.attach(ray_folder) if ray_folder else None
-    with MemorySampler(lambda: cluster.processes() if cluster else psutil.Process().children(recursive=True),
-                       spill_folder=ray_folder) as memory:
+    def others() -> list:  # the database service and mongod this process started; the cluster's processes
+        return psutil.Process().children(recursive=True) + (cluster.processes() if cluster else [])
+
+    with MemorySampler(others, spill_folder=ray_folder) as memory:
         if engine != "local":  # started (or joined) here, not by the scan: its start-up counts as the scan's
             import ray
 
@@ -226,7 +242,7 @@ def child_engine(engine: str, table: Path, name: str, batch_size: int | None, ad
         if engine != "local":
             ray.shutdown()
     return {**clock.figures(), "engine": engine, "seconds": summary.seconds, "peak_mb": memory.peak_mb,
-            "spilled_mb": memory.spilled_mb, "second_phase_seconds": summary.second_phase_seconds}
+            "peak_parts": memory.peak_parts, "spilled_mb": memory.spilled_mb, "second_phase_seconds": summary.second_phase_seconds}
 
 
 def grow(base: str, name: str, n: int, own_classes: bool = False) -> None:
@@ -343,6 +359,9 @@ def compare_engines(n: int, folder: Path, env: dict, options: argparse.Namespace
               f"{row['steady_img_s'] / rows[0]['steady_img_s']:>8.3f} {row['peak_mb']:>8.0f} {row['spilled_mb']:>10.0f}")
     print("peak MB: the summed PSS of the driver and every process it or the cluster ran (decoders, raylets, actors); "
           "spilled MB: the most Ray held spilled to disk at once")
+    for row in rows:
+        parts = sorted(row["peak_parts"].items(), key=lambda item: -item[1])
+        print(f"  at the peak, {labels[row['engine']]}: " + ", ".join(f"{kind} {mb:.0f}" for kind, mb in parts if mb >= 20))
 
 
 def main() -> None:

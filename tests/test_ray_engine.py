@@ -3,15 +3,18 @@ database): the same fields as the local engine, in the first phase and, with a f
 the second; an unreadable image recorded and the scan going on; a rerun doing nothing; the node
 probe and the options' refusals; one line when Ray is missing."""
 
+import pickle
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import ray
 from typer.testing import CliRunner
 
 from audit import db, names
 from audit.cli import app
+from audit.images import open_rgb
 from audit.ray_engine import ClusterError, check_nodes
 
 from ray_support import assert_complete, assert_same_results, copies_of_the_sample_photos, results
@@ -63,6 +66,37 @@ def test_with_a_fitted_head_both_phases_run_on_ray(local_ray, tmp_path_factory):
     assert_same_results(local, results(dataset))
     assert dataset.exists(names.GRADCAM_PRED).count() > 0  # class maps through the fold heads, drawn on the actors
     assert_complete(dataset)
+
+
+def test_read_tasks_decode_real_photos_in_a_process_without_torch_or_fiftyone(photos, embedded_model):
+    """A read task as Ray ships it (cloudpickled) runs in a fresh process: the pixels equal the
+    local engine's model input, an unreadable file is named, and neither torch nor FiftyOne is
+    imported (a decoder per core stays small)."""
+    import cloudpickle
+
+    from audit.ray_engine import _datasource
+    from audit.ray_tasks import ItemsChunk, PixelRecipe, Source
+
+    files = sorted((photos.parent / "images").iterdir())[:3] + [photos.parent / "images" / "empty.jpg"]
+    items = tuple((str(i), str(path), "tabby", None) for i, path in enumerate(files))
+    preprocess = embedded_model.preprocess
+    recipe = PixelRecipe(preprocess.resize_short, preprocess.crop, preprocess.interpolation)
+    source = Source("mongodb://unused", "", "", "", "", "", "", False, (recipe,))
+    [task] = _datasource([ItemsChunk(items, len(items))], source).get_read_tasks(1)
+    run_it = ("import pickle, sys; from ray.data.block import BlockAccessor; task = pickle.load(sys.stdin.buffer); "
+              "[block] = list(task()); columns = BlockAccessor.for_block(block).to_numpy(); "
+              "heavy = sorted(m for m in ('torch', 'fiftyone') if m in sys.modules); "
+              "pickle.dump(({k: v.tolist() for k, v in columns.items()}, heavy), sys.stdout.buffer)")
+    result = subprocess.run([sys.executable, "-c", run_it], input=cloudpickle.dumps(task), capture_output=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr.decode()
+    columns, heavy = pickle.loads(result.stdout)
+    assert heavy == []
+    assert columns["error"] == ["", "", "", "UnreadableImage: empty file (0 bytes)"]
+    for row, path in enumerate(files[:3]):
+        pixels = np.array(columns["pixels0"][row], dtype=np.uint8)
+        expected = preprocess.pixels(open_rgb(path, preprocess.resize_short)).numpy()
+        assert np.array_equal(pixels, expected), path.name
 
 
 def test_the_node_probe_names_what_a_node_cannot_reach(local_ray, tmp_path):
