@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -45,17 +46,26 @@ RESAMPLING = {"nearest": Image.Resampling.NEAREST, "nearest-exact": Image.Resamp
               "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING, "lanczos": Image.Resampling.LANCZOS}
 
 
-def resized_center_crop(image: Image.Image, short: int, crop: int, interpolation: str = "bicubic") -> np.ndarray:
-    """The shorter side resized to ``short``, then the center ``crop`` square, as (crop, crop, 3)
-    uint8 pixels: torchvision's ``resize`` + ``center_crop`` of a PIL image to the pixel (black
-    padding where the image is smaller), with PIL and NumPy alone, so that a decoding process
-    need not import torch."""
-    width, height = image.size
-    size = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
-    if size != image.size:
-        image = image.resize(size, resample=RESAMPLING[interpolation])
-    left, top = (-((crop - side) // 2) if crop > side else int(round((side - crop) / 2.0)) for side in image.size)
-    return np.asarray(image.crop((left, top, left + crop, top + crop)))
+@dataclass(frozen=True)
+class PixelRecipe:
+    """A model's input as 8-bit pixels: the shorter side resized to ``resize_short`` with
+    ``interpolation`` (torchvision's name), then the center ``crop`` square. PIL and NumPy alone, so
+    that a decoding process need not import torch (`audit.ray_tasks`)."""
+
+    resize_short: int
+    crop: int
+    interpolation: str = "bicubic"
+
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """An RGB PIL image -> (3, crop, crop) uint8: torchvision's ``resize`` + ``center_crop`` of
+        a PIL image to the pixel (black padding where the image is smaller than the crop)."""
+        width, height = image.size
+        short, crop = self.resize_short, self.crop
+        size = (short, int(short * height / width)) if width <= height else (int(short * width / height), short)
+        if size != image.size:
+            image = image.resize(size, resample=RESAMPLING[self.interpolation])
+        left, top = (-((crop - side) // 2) if crop > side else int(round((side - crop) / 2.0)) for side in image.size)
+        return np.ascontiguousarray(np.asarray(image.crop((left, top, left + crop, top + crop))).transpose(2, 0, 1))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -37,7 +37,7 @@ import torch
 from audit import db, names
 from audit.errors import AuditError
 from audit.models.registry import AuditModel
-from audit.ray_tasks import ItemsChunk, MongoChunk, PixelRecipe, Source, probe, read_chunk
+from audit.ray_tasks import ItemsChunk, MongoChunk, Source, probe, read_chunk
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'audit[ray]' (or pip install 'ray[data]>=2.50')"
 PROBE_TIMEOUT_SECONDS = 60.0
@@ -207,8 +207,7 @@ class RayEngine:
     def __init__(self, models: list[AuditModel], options, out_dir: Path):
         self.specs = [ModelSpec.of(model) for model in models]
         self.options, self.out_dir = options, out_dir
-        self.recipes = tuple(PixelRecipe(m.preprocess.resize_short, m.preprocess.crop, m.preprocess.interpolation)
-                             for m in models)
+        self.recipes = tuple(model.preprocess.recipe for model in models)
         self.started = False
 
     def __enter__(self) -> "RayEngine":

@@ -13,21 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from audit.errors import first_line
-from audit.images import open_rgb, resized_center_crop, unreadable_reason
-
-
-@dataclass(frozen=True)
-class PixelRecipe:
-    """A model's input as 8-bit pixels: the shorter side resized to ``resize_short`` with
-    ``interpolation``, the center ``crop`` square (`audit.models.preprocess.Preprocess.pixels`)."""
-
-    resize_short: int
-    crop: int
-    interpolation: str
-
-    def pixels(self, image) -> np.ndarray:
-        """An RGB PIL image -> (3, crop, crop) uint8."""
-        return resized_center_crop(image, self.resize_short, self.crop, self.interpolation).transpose(2, 0, 1)
+from audit.images import PixelRecipe, open_rgb, unreadable_reason
 
 
 @dataclass(frozen=True)

@@ -75,13 +75,12 @@ def test_read_tasks_decode_real_photos_in_a_process_without_torch_or_fiftyone(ph
     import cloudpickle
 
     from audit.ray_engine import _datasource
-    from audit.ray_tasks import ItemsChunk, PixelRecipe, Source
+    from audit.ray_tasks import ItemsChunk, Source
 
     files = sorted((photos.parent / "images").iterdir())[:3] + [photos.parent / "images" / "empty.jpg"]
     items = tuple((str(i), str(path), "tabby", None) for i, path in enumerate(files))
     preprocess = embedded_model.preprocess
-    recipe = PixelRecipe(preprocess.resize_short, preprocess.crop, preprocess.interpolation)
-    source = Source("mongodb://unused", "", "", "", "", "", "", False, (recipe,))
+    source = Source("mongodb://unused", "", "", "", "", "", "", False, (preprocess.recipe,))
     [task] = _datasource([ItemsChunk(items, len(items))], source).get_read_tasks(1)
     run_it = ("import pickle, sys; from ray.data.block import BlockAccessor; task = pickle.load(sys.stdin.buffer); "
               "[block] = list(task()); columns = BlockAccessor.for_block(block).to_numpy(); "

@@ -10,7 +10,7 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
 from audit.explain.geometry import Window, resize_center_crop_window
-from audit.images import resized_center_crop
+from audit.images import PixelRecipe
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,12 @@ class Preprocess:
     def pixels(self, image: Image.Image) -> torch.Tensor:
         """The resized, cropped model input as 8-bit pixels, (3, crop, crop) uint8: what a decoder
         sends to a model on another process or machine (a quarter of the float tensor's bytes)."""
-        pixels = resized_center_crop(image, self.resize_short, self.crop, self.interpolation)
-        return torch.from_numpy(pixels.transpose(2, 0, 1).copy())
+        return torch.from_numpy(self.recipe.pixels(image))
+
+    @property
+    def recipe(self) -> PixelRecipe:
+        """The resize and crop alone, for a process that decodes without torch."""
+        return PixelRecipe(self.resize_short, self.crop, self.interpolation)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         """8-bit pixels (..., 3, H, W) -> the model's normalised float input."""
