@@ -18,22 +18,23 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from audit.settings import VERSION as __version__
 
 # name -> the module that defines it
 _API = {
     "AuditError": "audit.errors",
     "SourceRequest": "audit.pipeline", "AuditResult": "audit.pipeline", "load_source": "audit.pipeline",
     "audit_dataset": "audit.pipeline",
-    "ScanOptions": "audit.scan",
+    "ScanOptions": "audit.scan.options",
     "AuditModel": "audit.models.registry", "load_model": "audit.models.registry", "load_models": "audit.models.registry",
     "model_names": "audit.models.registry", "available_models": "audit.models.registry",
-    "Verdict": "audit.score", "judge": "audit.score",
-    "rescore": "audit.triage", "ranked_rows": "audit.triage",
-    "load_dataset": "audit.db", "delete_dataset": "audit.db", "flagged_view": "audit.db",
-    "export_dataset": "audit.export",
-    "relabel_from_file": "audit.relabel", "relabel_from_marks": "audit.relabel", "mark_samples": "audit.relabel",
-    "write_report": "audit.report",
+    "Verdict": "audit.score.policy", "judge": "audit.score.policy",
+    "rescore": "audit.score.triage", "ranked_rows": "audit.score.triage",
+    "load_dataset": "audit.store.db", "delete_dataset": "audit.store.db", "flagged_view": "audit.store.db",
+    "export_dataset": "audit.review.export",
+    "relabel_from_file": "audit.review.relabel", "relabel_from_marks": "audit.review.relabel",
+    "mark_samples": "audit.review.relabel",
+    "write_report": "audit.review.report",
     "evaluate_labels": "audit.evaluate.labels", "evaluate_localization": "audit.evaluate.localization",
 }
 

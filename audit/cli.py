@@ -123,7 +123,7 @@ def scan(
     from audit.data.imagenet import LAYOUTS
     from audit.models.registry import load_models, model_names
     from audit.pipeline import SourceRequest, audit_dataset, load_source
-    from audit.scan import ScanOptions
+    from audit.scan.options import ScanOptions
 
     if layout is not None and layout not in LAYOUTS:
         raise typer.BadParameter(f"'{layout}' is not one of {', '.join(LAYOUTS)}", param_hint="--layout")
@@ -179,12 +179,12 @@ def _print_scanned(dataset, result) -> None:
 
 
 def _cluster_options(engine: str, shard: str, address: Optional[str], actors: str, gpus_per_actor: Optional[float]):
-    from audit.scan import ENGINES, ClusterOptions
+    from audit.scan.options import ENGINES, ClusterOptions
 
     if engine not in ENGINES:
         raise typer.BadParameter(f"'{engine}' is not one of {', '.join(ENGINES)}", param_hint="--engine")
     if engine == "ray":
-        from audit.ray_engine import import_ray
+        from audit.scan.ray_engine import import_ray
 
         import_ray()  # before anything is loaded: one line when Ray is missing
     if engine == "ray" and shard != "1/1":
@@ -225,15 +225,15 @@ def rank(
     rescore: Annotated[bool, typer.Option(help="Re-score from the stored signals first (no model).")] = False,
 ) -> None:
     """Show the flagged samples, highest mislabel_score first."""
-    from audit import db
-    from audit.triage import rescore as run_rescore
+    from audit.store import db
+    from audit.score.triage import rescore as run_rescore
 
     dataset = db.load_dataset(name)
     _check_category(category)
     if rescore:
         run_rescore(dataset)
     if as_json:
-        from audit.export import export_rows
+        from audit.review.export import export_rows
 
         out.print_json(json.dumps(export_rows(dataset, category=category, top=top)))
     else:
@@ -246,7 +246,7 @@ def _check_category(category: Optional[str]) -> None:
 
 
 def _print_table(dataset, top: int, category: Optional[str] = None) -> None:
-    from audit.triage import ranked_rows
+    from audit.score.triage import ranked_rows
 
     rows = ranked_rows(dataset, category=category, top=top)
     table = Table(title=f"{dataset.name}: flagged samples, most suspect first")
@@ -281,8 +281,8 @@ def export(
     """Write the relabel list (highest mislabel_score first) with an empty new_label column.
 
     --format labelstudio writes Label Studio tasks instead (see the README for the import)."""
-    from audit import db
-    from audit.export import export_dataset
+    from audit.store import db
+    from audit.review.export import export_dataset
 
     _check_category(category)
     dataset = db.load_dataset(name)
@@ -309,7 +309,7 @@ def eval_loc(
 ) -> None:
     """Weakly-supervised localization (the Eigen-CAM papers' protocol): GT-known and top-1
     localization error in % (lower is better) for Eigen-CAM, fused Eigen-CAM and Grad-CAM."""
-    from audit import db
+    from audit.store import db
     from audit.evaluate.localization import evaluate_localization
     from audit.models.registry import load_model
 
@@ -343,7 +343,7 @@ def eval_labels(
     """How well mislabel_score ranks verified label errors first (AUROC, average precision,
     precision at 10/25/50), beside the probability-only baselines of the same scan; how often the
     suggested label is the humans' fix; how well `ambiguous` finds multi-label images."""
-    from audit import db
+    from audit.store import db
     from audit.evaluate.labels import evaluate_labels
 
     report = evaluate_labels(db.load_dataset(name), truth)
@@ -399,7 +399,7 @@ def eval_labels(
 @command
 def datasets() -> None:
     """List the FiftyOne datasets and how many samples each has scanned."""
-    from audit import db
+    from audit.store import db
 
     table = Table("name", "samples", "scanned", "flagged")
     for dataset_name in db.list_datasets():
@@ -417,7 +417,7 @@ def delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
 ) -> None:
     """Delete a dataset and its heatmap files (asks first). Your image files are not touched."""
-    from audit import db
+    from audit.store import db
 
     dataset = db.load_dataset(name)
     if not yes:
@@ -457,8 +457,8 @@ def relabel(
     Rows with new_label set are matched by sample_id, else filepath. The original label is kept in
     <label field>_original and relabel_history; nothing is written when a row is bad (unless
     --skip-invalid); applying the same file again changes nothing."""
-    from audit import db
-    from audit.relabel import RelabelError, relabel_from_file, relabel_from_marks
+    from audit.store import db
+    from audit.review.relabel import RelabelError, relabel_from_file, relabel_from_marks
 
     if (from_path is None) == (not from_app):
         raise typer.BadParameter("give --from FILE or --from-app (one of them)", param_hint="--from")
@@ -495,8 +495,8 @@ def app_command(
 
     The saved view audit-flagged (most suspect first) opens unless --view names another; the
     plugin's operators mark, export, relabel and re-run the audit from the App."""
-    from audit import app as audit_app
-    from audit import db
+    from audit.review import app as audit_app
+    from audit.store import db
 
     dataset = db.load_dataset(name)
     session, url, warnings = audit_app.launch(dataset, view=view, port=port, address=address)
@@ -519,8 +519,8 @@ def report(
     """Write a self-contained HTML report of the top flagged samples.
 
     Summary figures, then each flagged sample as the photo, its Eigen-CAM map and box, and the reasons."""
-    from audit import db
-    from audit.report import write_report
+    from audit.store import db
+    from audit.review.report import write_report
 
     dataset = db.load_dataset(name)
     shown = write_report(dataset, out_path, top=top, overwrite=overwrite)

@@ -50,7 +50,7 @@ RESAMPLING = {"nearest": Image.Resampling.NEAREST, "nearest-exact": Image.Resamp
 class PixelRecipe:
     """A model's input as 8-bit pixels: the shorter side resized to ``resize_short`` with
     ``interpolation`` (torchvision's name), then the center ``crop`` square. PIL and NumPy alone, so
-    that a decoding process need not import torch (`audit.ray_tasks`)."""
+    that a decoding process need not import torch (`audit.scan.ray_tasks`)."""
 
     resize_short: int
     crop: int

@@ -8,11 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from audit.data import default_name, open_source
-from audit.lock import ScanLock
+from audit.store.lock import ScanLock
 from audit.names import GROUND_TRUTH
 from audit.models.registry import AuditModel
-from audit.scan import ScanOptions, ScanSummary, scan
-from audit.triage import ScoringSummary, rescore
+from audit.scan.options import ScanOptions, ScanSummary
+from audit.scan.run import scan
+from audit.score.triage import ScoringSummary, rescore
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def load_source(request: SourceRequest, warn: Callable[[str], None] = print,
 def audit_dataset(dataset, models: list[AuditModel], options: ScanOptions | None = None,
                   progress=None) -> AuditResult:
     """Scan ``dataset`` (a dataset or a view) with ``models`` and score every sample of its dataset.
-    Raises `audit.lock.LockError` when another scan of it runs; Ctrl-C saves what is done and returns
+    Raises `audit.store.lock.LockError` when another scan of it runs; Ctrl-C saves what is done and returns
     an interrupted result, which the same call resumes."""
     summary = scan(dataset, models, options or ScanOptions(), progress)
     scoring = None if summary.interrupted else rescore(dataset._root_dataset)

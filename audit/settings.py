@@ -9,6 +9,7 @@ from pathlib import Path
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
+VERSION = "0.1.0"  # the tool's version, recorded in each run's settings
 PACKAGE_DIR = Path(__file__).resolve().parent
 SAMPLE_DATA_DIR = PACKAGE_DIR.parent / "sample_data"
 

@@ -95,7 +95,8 @@ class Benchmark:
         return dataset
 
     def columns(self, dataset) -> dict:
-        from audit import db, names
+        from audit.store import db
+        from audit import names
 
         ids, filepaths, labels, scores, signals, embeddings = dataset.exists(names.EMBEDDINGS).sort_by(
             "_id", create_index=False).values(["id", "filepath", f"{db.label_field(dataset)}.label", names.SCORE,
@@ -114,7 +115,7 @@ class Benchmark:
 
     def rankings(self, columns: dict) -> dict[str, np.ndarray]:
         """Every ranking of the samples, higher = more suspect."""
-        from audit.score import normalised_margin_score
+        from audit.score.policy import normalised_margin_score
 
         labels = columns["labels"]
         classes = sorted(set(labels))
@@ -137,7 +138,7 @@ class Benchmark:
         embeddings: the model's classifier is linear on them)."""
         import torch
 
-        from audit.evidence import model_class_index
+        from audit.models.registry import model_class_index
 
         indices = [model_class_index(self.model, label) for label in classes]
         with torch.no_grad():
@@ -184,7 +185,8 @@ class Benchmark:
         """A clone of ``dataset`` with ``level`` of its labels flipped (half to a random other class,
         half to the class most confused with the true one), the flipped samples' first phase
         redone and everything judged again; and which samples were flipped."""
-        from audit import db, names
+        from audit.store import db
+        from audit import names
 
         columns = self.columns(dataset)
         labels, classes = columns["labels"], sorted(set(columns["labels"]))

@@ -53,7 +53,7 @@ def run(root: Path, n: int, boxes: bool, profile: bool) -> None:
     make_layout(root, n, boxes=boxes)
     print(f"layout: {n} images{' + box files' if boxes else ''} in {root} ({time.perf_counter() - start:.1f} s)")
 
-    from audit import db
+    from audit.store import db
     from audit.data import open_source
 
     db.ensure_database()

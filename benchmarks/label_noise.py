@@ -4,7 +4,7 @@ probability-only baselines, with and without the explanation signals (second-opi
 On ../shared/data/imagenet-samples (1000 real ImageNet images, one per class, label from the file
 name) a seeded fraction of labels is flipped: half to a random other class, half to the model's
 own second choice (the hard kind). For each noise level the images go through the scan's own
-evidence code (`audit.evidence.batch_evidence`: whole image, class maps of the given labels, and
+evidence code (`audit.scan.evidence.batch_evidence`: whole image, class maps of the given labels, and
 second opinions where in doubt) and are scored with the scan's own scoring; no database.
 
     .venv/bin/python benchmarks/label_noise.py [--limit N] [--seed 0] [--model NAME]...
@@ -30,11 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audit.data.classes import resolve_imagenet_label  # noqa: E402
 from audit.evaluate.labels import BASELINES, balanced_accuracy, ranking_figures  # noqa: E402
-from audit.evidence import EvidenceOptions, batch_evidence, sample_signals  # noqa: E402
+from audit.scan.evidence import EvidenceOptions, batch_evidence, sample_signals
 from audit.images import open_rgb  # noqa: E402
 from audit.models.registry import PRESETS, load_model  # noqa: E402
 from audit.names import DEFAULT_MODEL, SUSPECTED_MISLABEL  # noqa: E402
-from audit.score import CONFIDENT, judge  # noqa: E402
+from audit.score.policy import CONFIDENT, judge
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 NOISE_LEVELS = (0.05, 0.10, 0.20)

@@ -4,8 +4,8 @@ The 1000 ImageNet photos of ../shared/data/imagenet-samples (real sizes, 23 gray
 replicated to N files (hard links, else copies, with distinct paths) in a temporary folder and
 listed in a CSV. In one run, each in its own process (so that peak memory is measured cleanly):
   (a) a bare loop: decode + model forward, with the scan's DataLoader, workers, threads and model
-      set-up (audit.scan.make_loader / model_runtime), no explanation, no database;
-  (b) `audit scan` with default settings (audit.scan.scan, then the scoring, as the CLI runs them);
+      set-up (audit.scan.local.make_loader / model_runtime), no explanation, no database;
+  (b) `audit scan` with default settings (audit.scan.run.scan, then the scoring, as the CLI runs them);
   (c) the same with class maps and second opinions off;
   (e) with --modes ...,e: `audit scan --models lite`, the three-model EfficientNet-Lite ensemble.
 It prints images/s of each, the ratios b/a and c/a, the peak resident memory of each process
@@ -17,7 +17,7 @@ The database is a throwaway mongod of its own (tests/throwaway_db.py) in the tem
 their ratio: the scan streams, so memory must not grow with the number of images beyond the
 dataset's own documents.
 
-(b) reports its second phase (`audit.second_phase`: the neighbours' vote, FiftyOne Brain's index
+(b) reports its second phase (`audit.scan.second_phase`: the neighbours' vote, FiftyOne Brain's index
 and 2-D map; with a fitted head the fit and the samples in doubt) apart, as a share of the scan.
 --imagenette scans ../shared/data/imagenette (its 2,494 photos, its labels) instead of replicas.
 --second-phase-memory runs the second phase alone over 5,000 and 50,000 samples (or --sizes)
@@ -95,7 +95,9 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
     import torch
 
     from audit.models.registry import PRESETS, load_model
-    from audit.scan import ScanOptions, make_loader, model_runtime
+    from audit.scan.options import ScanOptions
+    from audit.scan.local import make_loader
+    from audit.scan.kernel import model_runtime
 
     model = load_model("efficientnet_lite0", device="auto")
     models = [model] + [load_model(name, device="auto") for name in PRESETS["lite"][1:]] if mode == "e" else [model]
@@ -118,9 +120,9 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
         result = {"images": count, "seconds": seconds, "write_seconds": 0.0, "workers": n_workers,
                   "threads": threads}
     else:
-        from audit import db
+        from audit.store import db
         from audit.pipeline import audit_dataset
-        from audit.scan import plan_resources
+        from audit.scan.kernel import plan_resources
 
         if mode == "c":
             options.class_maps = options.second_opinion = False
@@ -214,10 +216,10 @@ def child_engine(engine: str, table: Path, name: str, batch_size: int | None, ad
     every process of the run, and the object store's spilled bytes."""
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "tests"))
-    from audit import db
+    from audit.store import db
     from audit.models.registry import load_model
     from audit.pipeline import audit_dataset
-    from audit.scan import ClusterOptions, ScanOptions
+    from audit.scan.options import ClusterOptions, ScanOptions
     from ray_support import LoopbackCluster
 
     model = load_model("efficientnet_lite0", device="auto")
@@ -252,7 +254,8 @@ def grow(base: str, name: str, n: int, own_classes: bool = False) -> None:
     sys.path.insert(0, str(REPO))
     import numpy as np
 
-    from audit import db, names
+    from audit.store import db
+    from audit import names
 
     source = db.load_dataset(base)
     columns = source.exists(names.EMBEDDINGS).values(["filepath", f"{names.GROUND_TRUTH}.label", names.EMBEDDINGS,
@@ -281,11 +284,12 @@ def second_phase_alone(name: str, head: str) -> dict:
     """The second phase over dataset ``name`` (with a fitted head: the fit, the vote and the
     indexes, not the samples in doubt through the network: that part streams in batches)."""
     sys.path.insert(0, str(REPO))
-    from audit import db, second_phase
-    from audit.evidence import EvidenceOptions
-    from audit.head_choice import choose_head
+    from audit.store import db
+    from audit.scan import second_phase
+    from audit.scan.evidence import EvidenceOptions
+    from audit.heads.choice import choose_head
     from audit.models.registry import load_model
-    from audit.scan import LocalEngine
+    from audit.scan.local import LocalEngine
 
     dataset = db.load_dataset(name)
     model = load_model("efficientnet_lite0", device="auto")

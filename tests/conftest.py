@@ -40,7 +40,7 @@ def scan_sample(name: str):
     may change it while other modules keep theirs untouched; returns the dataset."""
     from typer.testing import CliRunner
 
-    from audit import db
+    from audit.store import db
     from audit.cli import app
 
     result = CliRunner().invoke(app, ["scan", "sample", "--name", name, "--workers", "0"])

@@ -10,10 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.cli import app
-from audit.fitted_head import fit_heads
-from audit.score import judge
+from audit.heads.fitted import fit_heads
+from audit.score.policy import judge
 
 from conftest import scan_sample
 from synthetic_images import OWN_CLASSES, SMALL_CLASS, own_classes_folder
@@ -115,8 +116,9 @@ class StopAfter:
 
 
 def test_the_second_phase_interrupted_and_resumed_gives_the_same_result(scanned, embedded_model):
-    from audit.scan import ScanOptions, scan
-    from audit.triage import rescore
+    from audit.scan.options import ScanOptions
+    from audit.scan.run import scan
+    from audit.score.triage import rescore
 
     dataset, _, _ = scanned
     before = rows(dataset)
@@ -158,7 +160,7 @@ def test_a_near_duplicate_labelled_otherwise_is_named(scanned, embedded_model):
     """The mirror image of a photo, filed under another label: the vote names it, the verdict says so."""
     from PIL import Image
 
-    from audit import neighbours
+    from audit.heads import neighbours
     from audit.images import open_rgb
 
     dataset, _, _ = scanned
@@ -197,9 +199,10 @@ def test_the_planted_error_names_its_near_duplicates(scanned):
 def test_a_relabel_refits_the_head_without_the_network(scanned, embedded_model, tmp_path):
     """The planted error corrected: the next scan passes no image through the network for the
     first phase, refits the heads, and the sample is judged under its new label."""
-    from audit.relabel import relabel_from_file
-    from audit.scan import ScanOptions, scan
-    from audit.triage import rescore
+    from audit.review.relabel import relabel_from_file
+    from audit.scan.options import ScanOptions
+    from audit.scan.run import scan
+    from audit.score.triage import rescore
 
     dataset, planted, _ = scanned
     copy = dataset.clone(f"{NAME}-relabelled", persistent=True)
@@ -219,7 +222,7 @@ def test_the_principal_plane_is_pca():
     """The 2-D map of large datasets (computed page by page) is scikit-learn's PCA, up to each axis's sign."""
     from sklearn.decomposition import PCA
 
-    from audit.second_phase import EMBEDDINGS_PAGE, principal_plane
+    from audit.scan.second_phase import EMBEDDINGS_PAGE, principal_plane
 
     rng = np.random.default_rng(0)
     matrix = (rng.standard_normal((EMBEDDINGS_PAGE + 123, 16)) * np.linspace(3, 0.1, 16)).astype(np.float32)

@@ -33,9 +33,9 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from audit import db
+from audit.store import db
 from audit.cli import app
-from audit.lock import held_locks
+from audit.store.lock import held_locks
 
 from conftest import SAMPLE_DATA
 
@@ -198,7 +198,7 @@ def test_a_12000_by_9000_jpeg_is_decoded_reduced(image_matrix, tmp_path):
     probe.write_text(textwrap.dedent(f"""
         import resource
         from audit.images import open_rgb
-        from audit.render import overlay
+        from audit.review.render import overlay
         open_rgb({str(folder / "gray.jpg")!r}, 256)
         overlay({str(folder / "gray.jpg")!r}, None, {{}})
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

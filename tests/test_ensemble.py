@@ -14,12 +14,14 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.cli import app
-from audit.evidence import field_suffix
+from audit.scan.evidence import field_suffix
 from audit.explain import box_iou
 from audit.models.registry import EMBEDDED, embedded_weights_file, load_model
-from audit.scan import ScanOptions, scan
+from audit.scan.options import ScanOptions
+from audit.scan.run import scan
 
 from conftest import SAMPLE_DATA
 from synthetic_images import espresso_cup, make_dataset, noise_canvas, paste

@@ -12,7 +12,8 @@ from imagenet_fixtures import SAMPLES, build_archives, build_extracted, build_fo
 from PIL import Image
 from typer.testing import CliRunner
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.cli import app
 from audit.data import open_source
 from audit.data.classes import imagenet_names, imagenet_wnids

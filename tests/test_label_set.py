@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.cli import app
-from audit.triage import label_set
+from audit.score.triage import label_set
 
 from synthetic_images import OWN_LABELS as LABELS, own_labels_csv
 
@@ -72,7 +73,7 @@ def test_every_flagged_sample_says_why_in_a_few_words(dataset):
 def test_the_label_s_standing_among_the_dataset_s_classes_alone(dataset):
     """Where the labels are some of the model's classes, the scan stores the label's standing among
     them alone (the model's probabilities renormalised), and the score is never below its margin."""
-    from audit.score import normalised_margin_score
+    from audit.score.policy import normalised_margin_score
 
     for signals, score in zip(*dataset.values([names.SIGNALS, names.SCORE])):
         among = signals["in_set"]
@@ -85,7 +86,7 @@ def test_a_label_another_of_the_dataset_s_classes_beats_scores_as_that_margin(tm
     """The rocket labelled 'moped' in a dataset of missiles, mopeds and lakesides: among those
     three, 'missile' takes nearly all the probability, so the score is that margin's, above what
     the model's 1000 classes alone give it (some of the rocket's probability is on 'projectile')."""
-    from audit.score import judge, normalised_margin_score
+    from audit.score.policy import judge, normalised_margin_score
 
     photos = Path(__file__).resolve().parents[1] / "sample_data"
     table, missile = tmp_path / "labels.csv", tmp_path / "another_rocket.jpg"

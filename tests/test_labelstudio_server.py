@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from audit import db
+from audit.store import db
 from audit.cli import app
-from audit.labelstudio import LABEL_STUDIO_CONFIG
+from audit.review.labelstudio import LABEL_STUDIO_CONFIG
 
 from conftest import scan_sample
 

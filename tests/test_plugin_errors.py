@@ -5,9 +5,9 @@ error notification with the one line, not a traceback."""
 import pytest
 from typer.testing import CliRunner
 
-from audit import db
-from audit.app import PLUGINS_DIR
-from audit.lock import ScanLock
+from audit.store import db
+from audit.review.app import PLUGINS_DIR
+from audit.store.lock import ScanLock
 
 from conftest import scan_sample
 
@@ -58,7 +58,7 @@ def test_run_audit_with_a_missing_model_is_a_notification(dataset, execute):
 
 
 def test_apply_relabel_marks_refused_by_a_running_scan_is_a_notification(dataset, execute):
-    from audit.relabel import mark_samples
+    from audit.review.relabel import mark_samples
 
     camera = dataset.match(db.F("filepath").ends_with("/camera.jpg")).first()
     mark_samples(dataset, [camera.id], "relabel", "tripod")

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.cli import app
 
 from ray_support import (HEAD, WORKER, LoopbackCluster, assert_complete, assert_same_results,

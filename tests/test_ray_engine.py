@@ -12,10 +12,11 @@ import pytest
 import ray
 from typer.testing import CliRunner
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.cli import app
 from audit.images import open_rgb
-from audit.ray_engine import ClusterError, check_nodes
+from audit.scan.ray_engine import ClusterError, check_nodes
 
 from ray_support import assert_complete, assert_same_results, copies_of_the_sample_photos, results
 from synthetic_images import own_classes_folder
@@ -74,8 +75,8 @@ def test_read_tasks_decode_real_photos_in_a_process_without_torch_or_fiftyone(ph
     imported (a decoder per core stays small)."""
     import cloudpickle
 
-    from audit.ray_engine import _datasource
-    from audit.ray_tasks import ItemsChunk, Source
+    from audit.scan.ray_engine import _datasource
+    from audit.scan.ray_tasks import ItemsChunk, Source
 
     files = sorted((photos.parent / "images").iterdir())[:3] + [photos.parent / "images" / "empty.jpg"]
     items = tuple((str(i), str(path), "tabby", None) for i, path in enumerate(files))

@@ -9,9 +9,10 @@ from urllib.parse import parse_qs, unquote, urlparse
 import pytest
 from typer.testing import CliRunner
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.cli import app
-from audit.relabel import RelabelError, mark_samples, relabel_from_file
+from audit.review.relabel import RelabelError, mark_samples, relabel_from_file
 
 from conftest import scan_sample
 
@@ -228,7 +229,7 @@ def test_plugin_operators_mark_export_and_run_the_audit(dataset, tmp_path, monke
     """The App plugin's operators, executed as the App executes them."""
     import fiftyone.operators as foo
 
-    from audit.app import PLUGINS_DIR
+    from audit.review.app import PLUGINS_DIR
 
     monkeypatch.setattr(db.fo.config, "plugins_dir", str(PLUGINS_DIR))
     motorcycle = label_of(dataset, "motorcycle.jpg")

@@ -6,9 +6,10 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.cli import app
-from audit.report import build_report, summary_figures
+from audit.review.report import build_report, summary_figures
 
 from conftest import scan_sample
 

@@ -11,7 +11,8 @@ import cv2
 import pytest
 from typer.testing import CliRunner
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.cli import app
 
 from conftest import SAMPLE_DATA
@@ -110,13 +111,13 @@ def test_rank_json_is_the_flagged_rows(scanned):
 def test_rank_rescore_follows_the_scoring_policy_without_the_model(scanned, monkeypatch):
     """The consensus of the second opinions is formed when scoring, from the stored signals: a
     changed NEUTRAL_VIEWS changes the scores of the samples with views at `audit rank --rescore`."""
-    import audit.score
+    import audit.score.policy
 
     dataset, _ = scanned
     with_views = dataset.exists(f"{names.SIGNALS}.views")
     before = dict(zip(*with_views.values(["id", names.SCORE])))
     assert before  # the photos in doubt got second opinions
-    monkeypatch.setattr(audit.score, "NEUTRAL_VIEWS", ())  # the whole image alone, and the label's testimony
+    monkeypatch.setattr(audit.score.policy, "NEUTRAL_VIEWS", ())  # the whole image alone, and the label's testimony
     assert runner.invoke(app, ["rank", "sample", "--rescore"]).exit_code == 0
     after = dict(zip(*with_views.values(["id", names.SCORE])))
     assert any(abs(after[i] - before[i]) > 1e-3 for i in before)

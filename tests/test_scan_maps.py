@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from audit import names
-from audit.scan import ScanOptions, scan
+from audit.scan.options import ScanOptions
+from audit.scan.run import scan
 
 from conftest import SAMPLE_DATA
 from synthetic_images import espresso_cup, make_dataset, noise_canvas, paste

@@ -1,5 +1,5 @@
 """The scoring is a pure function of stored signals: each category from the signals that define it.
-The signals are made by the scan's own code (`audit.evidence.sample_signals`) from class distributions."""
+The signals are made by the scan's own code (`audit.scan.evidence.sample_signals`) from class distributions."""
 
 from types import SimpleNamespace
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from audit.data.classes import imagenet_names
-from audit.evidence import ModelEvidence, SampleEvidence, sample_signals
-from audit.score import consensus, for_new_label, judge
+from audit.scan.evidence import ModelEvidence, SampleEvidence, sample_signals
+from audit.score.policy import consensus, for_new_label, judge
 
 NAMES = imagenet_names()
 TABBY, ESPRESSO, TRIPOD = (NAMES.index(n) for n in ("tabby", "espresso", "tripod"))
@@ -176,7 +176,7 @@ def test_the_consensus_is_formed_at_scoring_so_a_rescore_can_change_it(signals, 
     """The views' stored top classes are enough to average them at scoring time: the consensus of
     the whole image and its mirror equals the mean of the two distributions, and dropping the mirror
     from NEUTRAL_VIEWS changes the score without the model."""
-    import audit.score
+    import audit.score.policy
 
     whole, mirror = distribution(espresso=0.5, tripod=0.3), distribution(espresso=0.2, tripod=0.6)
     stored = signals(TRIPOD, whole, flip=mirror)
@@ -186,5 +186,5 @@ def test_the_consensus_is_formed_at_scoring_so_a_rescore_can_change_it(signals, 
     assert agreed["max_other_prob"] == pytest.approx(float(exact[ESPRESSO]), abs=1e-6)
     assert agreed["top_label"] == "tripod"
     with_mirror = judge(stored).mislabel_score
-    monkeypatch.setattr(audit.score, "NEUTRAL_VIEWS", ("gt_box",))
+    monkeypatch.setattr(audit.score.policy, "NEUTRAL_VIEWS", ("gt_box",))
     assert judge(stored).mislabel_score == pytest.approx((1 - (0.3 - 0.5)) / 2, abs=1e-6) != with_mirror

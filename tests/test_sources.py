@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from audit import db
+from audit.store import db
 from audit.data import open_source
 from audit.data.classes import imagenet_names, imagenet_wnids, resolve_imagenet_label
 from audit.data.records import SourceError

@@ -7,7 +7,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.data.csvfile import read_csv
 from audit.data.folders import read_folder
 from audit.data.ingest import ingest, known_filepaths

@@ -25,7 +25,8 @@ from bson import ObjectId
 from fiftyone.core.odm.sample import _generate_rand
 from PIL import ExifTags, Image
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.data.classes import imagenet_names, imagenet_wnids, resolve_imagenet_label
 from audit.data.records import Record, SourceError
 from audit.boxformat import to_relative

@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from audit import names
 from audit.data.classes import resolve_imagenet_label
 from audit.evaluate.truth import Truth, TruthError, read_truth
-from audit.score import CONFIDENT, judge, normalised_margin_score
+from audit.score.policy import CONFIDENT, judge, normalised_margin_score
 
 PRECISION_AT = (10, 25, 50)
 

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.errors import AuditError
 from audit.explain import box_iou, boxes_from_map, eigen_cam, eigen_salience, fuse, grad_cam, map_to_image, normalise_maps
 from audit.boxformat import to_corners

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from audit.data.classes import imagenet_names
+from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.errors import OptionError
 from audit.names import DEFAULT_MODEL
 from audit.models.layers import FeatureForward, build_head, find_salience_layer, find_target_layer, get_module
@@ -243,3 +243,13 @@ def available_models() -> list[dict]:
     rows.append({"name": "timm:<name>", "kind": "timm", "architecture": "e.g. timm:resnet50",
                  "weights": "Hugging Face cache or --weights FILE"})
     return rows
+
+
+def model_class_index(model: AuditModel, label: str | None) -> int | None:
+    """The model's output index for a given label (any ImageNet name, synonym or WordNet id for
+    ImageNet models; the exact class name otherwise), or None."""
+    if label is None:
+        return None
+    if model.is_imagenet:
+        return resolve_imagenet_label(label)
+    return model.classes.index(label) if label in model.classes else None

@@ -88,7 +88,7 @@ class MarkRelabel(foo.Operator):
         choices = types.AutocompleteView()
         for label in _label_choices(ctx.dataset, view):
             choices.add_choice(label, label=label)
-        from audit.triage import label_set
+        from audit.score.triage import label_set
 
         spelling = ("any ImageNet class name, synonym or WordNet id" if label_set(ctx.dataset) is None
                     else "one of the dataset's labels, or a new one")
@@ -98,7 +98,7 @@ class MarkRelabel(foo.Operator):
 
     @notifies_errors
     def execute(self, ctx):
-        from audit.relabel import mark_samples
+        from audit.review.relabel import mark_samples
 
         count = mark_samples(ctx.dataset, _targets(ctx), names.RELABEL_TAG, ctx.params.get("new_label") or None)
         ctx.ops.reload_dataset()
@@ -109,8 +109,8 @@ class MarkRelabel(foo.Operator):
 def _label_choices(dataset, view) -> list[str]:
     """The labels a reviewer most likely wants: the suggestions and top labels of these samples
     (those of the dataset's label set only, where it has its own), then every label the dataset uses."""
-    from audit.db import label_field
-    from audit.triage import label_set
+    from audit.store.db import label_field
+    from audit.score.triage import label_set
 
     classes = label_set(dataset)
     labels = [s for s in view.values(names.SUGGESTED) if s] if dataset.has_sample_field(names.SUGGESTED) else []
@@ -139,7 +139,7 @@ class MarkLabelOk(foo.Operator):
 
     @notifies_errors
     def execute(self, ctx):
-        from audit.relabel import mark_samples
+        from audit.review.relabel import mark_samples
 
         count = mark_samples(ctx.dataset, _targets(ctx), names.OK_TAG)
         ctx.ops.reload_dataset()
@@ -155,7 +155,7 @@ class ApplyRelabelMarks(foo.Operator):
                                   dynamic=True, icon="done_all")
 
     def resolve_input(self, ctx):
-        from audit.relabel import relabel_from_marks
+        from audit.review.relabel import relabel_from_marks
 
         inputs = types.Object()
         preview = relabel_from_marks(ctx.dataset, dry_run=True)
@@ -172,7 +172,7 @@ class ApplyRelabelMarks(foo.Operator):
 
     @notifies_errors
     def execute(self, ctx):
-        from audit.relabel import relabel_from_marks
+        from audit.review.relabel import relabel_from_marks
 
         result = relabel_from_marks(ctx.dataset)
         ctx.ops.reload_dataset()
@@ -205,7 +205,7 @@ class ExportRelabelList(foo.Operator):
 
     @notifies_errors
     def execute(self, ctx):
-        from audit.export import export_dataset
+        from audit.review.export import export_dataset
 
         path = os.path.expanduser(ctx.params["path"])
         exported = export_dataset(ctx.target_view(), Path(path), ctx.params.get("format") or "csv",
@@ -248,10 +248,10 @@ class RunAudit(foo.Operator):
 
     @notifies_errors
     def execute(self, ctx):
-        from audit.app import apply_app_defaults
+        from audit.review.app import apply_app_defaults
         from audit.models.registry import load_models
         from audit.pipeline import audit_dataset
-        from audit.scan import ScanOptions
+        from audit.scan.options import ScanOptions
 
         target = ctx.target_view()
         yield ctx.trigger("set_progress", dict(label=f"loading the model for {len(target)} sample(s)"))
@@ -271,7 +271,7 @@ def _done_with_last_settings(dataset, target) -> int:
     key = dataset.info.get("audit", {}).get("scan", {}).get("key")
     if not key or not dataset.has_sample_field(names.DONE):
         return 0
-    from audit.scan import count_shard
+    from audit.scan.pending import count_shard
 
     return count_shard(target, key, (1, 1))[1]
 
@@ -320,7 +320,7 @@ class AuditSummary(foo.Panel):
         ctx.ops.set_view(name=names.REVIEW_VIEW)
 
     def render(self, ctx):
-        from audit.report import summary_figures
+        from audit.review.report import summary_figures
 
         view = _view_with_filters(ctx)
         figures = summary_figures(view.select(ctx.selected) if ctx.selected else view)

@@ -1,17 +1,17 @@
 """The scan's compute on a Ray cluster (``audit scan --engine ray``): Ray Data schedules decoders on
 every node's CPUs and one model replica per GPU (or per node on CPUs), restarts what dies and
-retries the lost batches. The driver (`audit.scan.scan`) keeps everything else: ingest, the scan
+retries the lost batches. The driver (`audit.scan.run.scan`) keeps everything else: ingest, the scan
 lock, the settings key, the pending samples, the database writes, the second phase's fit, rescoring.
 
 The flow of one phase: the driver reads the pending samples from MongoDB a page at a time and
 hands Ray only chunk bounds (the first and last ``_id`` of a batch of them). A read task per
 chunk reads its rows from MongoDB itself (the URI is passed explicitly), decodes the images and
-sends the models' inputs as 8-bit pixels (`audit.ray_tasks`: no torch or FiftyOne in those
+sends the models' inputs as 8-bit pixels (`audit.scan.ray_tasks`: no torch or FiftyOne in those
 processes). `ModelActor` loads the models once, runs the scan's evidence code
-(`audit.scan.batch_fields`: forward pass, Eigen-CAM, class maps, boxes, second opinions), writes
+(`audit.scan.kernel.batch_fields`: forward pass, Eigen-CAM, class maps, boxes, second opinions), writes
 the map files (atomically, into the map folder every node sees at the same path) and returns only
 each sample's id and its fields, pickled. The driver writes them with the scan's
-`audit.scan.BulkWriter` (fields first, the done marker last): a retried batch rewrites the same
+`audit.scan.kernel.BulkWriter` (fields first, the done marker last): a retried batch rewrites the same
 values, a killed driver leaves nothing marked done that is not complete.
 
 Nothing stateful is pickled: no dataset, no connection. Before a scan, a probe task on each node
@@ -34,10 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.errors import AuditError
 from audit.models.registry import AuditModel
-from audit.ray_tasks import ItemsChunk, MongoChunk, Source, probe, read_chunk
+from audit.models.registry import load_model
+from audit.scan.kernel import WithFoldHead, batch_fields, fast_memory_format, fold_fields, model_runtime, write_map
+from audit.scan.ray_tasks import ItemsChunk, MongoChunk, Source, probe, read_chunk
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'audit[ray]' (or pip install 'ray[data]>=2.50')"
 PROBE_TIMEOUT_SECONDS = 60.0
@@ -72,8 +75,6 @@ class ModelSpec:
         return cls(model.name, model.weights, model.target_layer, model.settings())
 
     def load(self, device: str) -> AuditModel:
-        from audit.models.registry import load_model
-
         weights = self.weights if Path(self.weights).is_file() else None
         model = load_model(self.name, weights=weights, layer=self.layer, device=device)
         if model.settings() != self.settings:
@@ -82,7 +83,7 @@ class ModelSpec:
         return model
 
 
-# --- reading and decoding: Ray Data read tasks (`audit.ray_tasks`) ----------------------------------
+# --- reading and decoding: Ray Data read tasks (`audit.scan.ray_tasks`) ----------------------------------
 
 
 def _datasource(chunks: list, source: Source):
@@ -112,29 +113,22 @@ def _datasource(chunks: list, source: Source):
 class ModelActor:
     """One model replica (per GPU, or per node on CPUs): loads the models once and turns a decoded
     batch into each sample's fields, writing its map files; ``fold_heads`` (per model, a fitted
-    fold head and the dataset's classes) makes it the second phase's (`audit.second_phase.fold_fields`)."""
+    fold head and the dataset's classes) makes it the second phase's (`audit.scan.kernel.fold_fields`)."""
 
     def __init__(self, specs: list[ModelSpec], device: str, options, evidence_options, out_dir: str,
                  label_set_indices=None, fold_heads=None):
-        from audit.scan import model_runtime
-
         self.models = [spec.load(device) for spec in specs]
         for model in self.models:  # the replica's CPU threads: Ray sets OMP_NUM_THREADS to 1 for its workers
             model_runtime(model, options).__enter__()
         if device == "cpu":
             torch.set_num_threads(options.threads or len(os.sched_getaffinity(0)))
         if fold_heads is not None:
-            from audit.second_phase import WithFoldHead
-
             self.models = [WithFoldHead(model, head, classes) for model, (head, classes) in zip(self.models, fold_heads)]
         self.fold = fold_heads is not None
         self.evidence_options, self.out_dir = evidence_options, Path(out_dir)
         self.label_set_indices = label_set_indices
 
     def __call__(self, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from audit.scan import batch_fields
-        from audit.second_phase import fold_fields
-
         batch = self._batch(columns)
         labels = [json.loads(label) for label in columns["label"]]
         if self.fold:
@@ -146,8 +140,6 @@ class ModelActor:
                 "fields": np.array([pickle.dumps(fields) for _, fields, _ in rows], dtype=object)}
 
     def _batch(self, columns: dict[str, np.ndarray]) -> dict:
-        from audit.scan import fast_memory_format
-
         images = []
         for index, model in enumerate(self.models):
             pixels = torch.from_numpy(np.ascontiguousarray(columns[f"pixels{index}"]))
@@ -162,8 +154,6 @@ class ModelActor:
 
 def _save_map(path: Path, heatmap) -> list:
     """Write a map file now (in the actor): nothing is left pending for the driver."""
-    from audit.scan import write_map
-
     if not write_map(path, heatmap):
         raise OSError(f"could not write the map file {path}")
     return []
@@ -272,7 +262,7 @@ class RayEngine:
 
 
 def _mongo_chunks(pending, size: int) -> Iterator[MongoChunk]:
-    """The pending samples (`audit.scan.PendingSamples`, read a page at a time, their stale markers
+    """The pending samples (`audit.scan.pending.PendingSamples`, read a page at a time, their stale markers
     cleared) as chunks of ``size`` consecutive ids: only the bounds are kept."""
     first, last, count = None, None, 0
     for page in pending.pages():

@@ -1,4 +1,4 @@
-"""What Ray's CPU tasks run for ``audit scan --engine ray`` (`audit.ray_engine`): reading pending
+"""What Ray's CPU tasks run for ``audit scan --engine ray`` (`audit.scan.ray_engine`): reading pending
 samples from MongoDB, decoding them to the models' 8-bit input pixels, and the probe of a node.
 
 This module imports neither torch nor FiftyOne (PIL, NumPy and pymongo only), so a process that

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from audit import names
 from audit.errors import AuditError
-from audit.labelstudio import LabelStudioFolders, labelstudio_folders, labelstudio_tasks
-from audit.outfile import atomic_output, check_output
-from audit.triage import ranked_rows
+from audit.review.labelstudio import LabelStudioFolders, labelstudio_folders, labelstudio_tasks
+from audit.store.outfile import atomic_output, check_output
+from audit.score.triage import ranked_rows
 
 FORMATS = ("csv", "json", "jsonl", "labelstudio")
 COLUMNS = ("sample_id", "filepath", "given_label", "predicted_label", "predicted_confidence", "suggested_label",

@@ -23,7 +23,8 @@ from datetime import datetime, timedelta
 
 from pymongo.errors import DuplicateKeyError
 
-from audit import db, settings
+from audit.store import db
+from audit import settings
 
 COLLECTION = "audit_locks"
 HEARTBEAT_SECONDS = 20.0

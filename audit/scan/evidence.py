@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from audit import db, names, settings
+from audit.store import db
+from audit import names, settings
 from audit.boxformat import to_corners, to_relative
-from audit.data.classes import resolve_imagenet_label
 from audit.explain import (
     DEFAULT_THRESHOLD,
     box_iou,
@@ -29,7 +29,7 @@ from audit.explain import (
 )
 from audit.images import open_rgb
 from audit.models.registry import AuditModel
-from audit.score import normalised_margin
+from audit.signals import normalised_margin
 
 TOP_K = 5
 CROP_PAD = 0.1  # a crop for a second opinion is grown by this share of the box on each side
@@ -42,14 +42,14 @@ SECOND_OPINION_MARGIN = 0.2
 EVIDENCE_THRESHOLD = 0.5
 VIEWS = ("flip", "object", "gt_box", "given_evidence", "second_object")
 # Classes kept of each distribution (the whole image, each view): enough for the scoring to average
-# the views itself (`audit.score.consensus`), so that ``audit rank --rescore`` can change how.
+# the views itself (`audit.score.policy.consensus`), so that ``audit rank --rescore`` can change how.
 DISTRIBUTION_TOP_K = 10
 # Stored maps are 0 below this share of their peak (see `to_uint8`); the boxes are found at 0.15 and up.
 MAP_FLOOR = 0.1
 
 
 class Batch(TypedDict, total=False):
-    """A batch as the scan's loader collates it (``audit.scan.ImageFiles``), one entry per image."""
+    """A batch as the scan's loader collates it (``audit.scan.local.ImageFiles``), one entry per image."""
 
     index: list[str]  # sample ids
     filepath: list[str]
@@ -93,16 +93,6 @@ class EvidenceOptions:
     all_boxes: bool = False  # every Eigen-CAM segment above 2 % of the image, not only the largest
     class_maps: bool = True  # Grad-CAM for the predicted and the given class, through the head only
     second_opinion: bool = True  # classify the mirror image and the crops of the dominant and annotated object
-
-
-def model_class_index(model: AuditModel, label: str | None) -> int | None:
-    """The model's output index for a given label (any ImageNet name, synonym or WordNet id for
-    ImageNet models; the exact class name otherwise), or None."""
-    if label is None:
-        return None
-    if model.is_imagenet:
-        return resolve_imagenet_label(label)
-    return model.classes.index(label) if label in model.classes else None
 
 
 def field_suffix(model: AuditModel) -> str:

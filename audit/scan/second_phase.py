@@ -18,12 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from audit import db, names, neighbours
-from audit.evidence import (DISTRIBUTION_TOP_K, TOP_K, batch_evidence, distribution_signals, embeddings_field,
-                            needs_second_opinion, sample_fields)
-from audit.fitted_head import FOLDS, SEED, FittedHeads, FoldHead, fit_heads
-from audit.head_choice import FIT, HeadChoice
+from audit.store import db
+from audit import names
+from audit.heads import neighbours
+from audit.scan.evidence import (DISTRIBUTION_TOP_K, TOP_K, distribution_signals, embeddings_field,
+                                 needs_second_opinion)
+from audit.heads.fitted import FOLDS, SEED, FittedHeads, fit_heads
+from audit.heads.choice import FIT, HeadChoice
 from audit.models.registry import AuditModel
+from audit.scan.kernel import BulkWriter, WithFoldHead
 
 PHASE_VERSION = 1  # bump when the fields this phase writes change meaning
 CHUNK = 1000  # samples whose signals are read and written at a time
@@ -50,33 +53,10 @@ def phase_key(scan_key: str, choice: HeadChoice, ids: list[str], labels: list[st
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-class WithFoldHead:
-    """A model whose classes are the dataset's and whose logits are one fold's fitted head on its
-    target layer: the scan's evidence code (probabilities, class maps, second opinions) runs on it
-    unchanged. Everything else is the model's."""
-
-    is_imagenet = False
-
-    def __init__(self, model: AuditModel, head: FoldHead, classes: list[str]):
-        self.model, self.fold_head, self.classes = model, head, tuple(classes)
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-    def forward(self, images: torch.Tensor):
-        _logits, activations = self.model.forward(images)
-        return self.fold_head.logits_from_activations(activations[self.model.target_layer]), activations
-
-    def head(self):
-        return self.fold_head.logits_from_activations
-
-
 def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evidence_options, batch_size: int,
         engine, progress=None) -> SecondPhaseSummary:
     """The second phase over the samples of ``root`` scanned under ``scan_key`` (see the module);
-    ``engine`` (`audit.scan.LocalEngine`, `audit.ray_engine.RayEngine`) classifies the samples in doubt again."""
-    from audit.scan import BulkWriter
-
+    ``engine`` (`audit.scan.local.LocalEngine`, `audit.scan.ray_engine.RayEngine`) classifies the samples in doubt again."""
     scanned = root.match(db.F(names.DONE) == scan_key).exists(names.EMBEDDINGS).sort_by("_id", create_index=False)
     label_path = f"{db.label_field(root)}.label"
     ids, filepaths, labels, marks = scanned.values(["id", "filepath", label_path, names.HEAD_DONE])
@@ -201,34 +181,10 @@ def _doubt_items(root, rows: list[int], ids, filepaths, labels) -> list[tuple]:
     return [(ids[r], filepaths[r], labels[r], boxes.get(ids[r]) or None) for r in rows]
 
 
-def fold_fields(heads: list[WithFoldHead], batch: dict, labels: list[str | None], evidence_options, out_dir,
-                save_map) -> list[tuple[str, dict | None, list]]:
-    """Per sample of a decoded batch through one fold's ``heads`` (the scan's evidence code): its id,
-    its fields (None where unreadable; the first phase's embeddings, what the heads were fitted on,
-    left as they are) and what ``save_map(path, heatmap)`` returned for its map files."""
-    from audit.scan import map_suffixes
-
-    classes = list(heads[0].classes)
-    given = [classes.index(label) if label in classes else None for label in labels]
-    samples = batch_evidence(heads, batch, given, evidence_options)
-    rows = []
-    for sample_id, sample, label, given_index in zip(batch["index"], samples, labels, given):
-        if sample is None:
-            rows.append((sample_id, None, []))
-            continue
-        paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in map_suffixes(heads)]
-        written = [save_map(path, result.map) for path, result in zip(paths, sample.results)]
-        fields = sample_fields(heads, sample, label, given_index, paths)
-        for index in range(len(heads)):
-            fields.pop(embeddings_field(heads, index))
-        rows.append((sample_id, fields, written))
-    return rows
-
-
 def _fitted_signals(stored: dict, fitted: list[FittedHeads], row: int, label: str | None) -> tuple[dict, object, bool]:
     """The sample's signals with the whole-image figures of the fitted heads (the mean over the
     models' out-of-fold probabilities), the model's own top classes kept as ``model_top``; its
-    prediction; and whether it is in doubt (`audit.evidence.needs_second_opinion`)."""
+    prediction; and whether it is in doubt (`audit.scan.evidence.needs_second_opinion`)."""
     classes = fitted[0].classes
     probabilities = torch.from_numpy(np.mean([f.probabilities[row] for f in fitted], axis=0))
     given_index = classes.index(label) if label in classes else None
@@ -243,7 +199,7 @@ def _fitted_signals(stored: dict, fitted: list[FittedHeads], row: int, label: st
 
 
 def _head_signals(whole: dict, label: str | None, given_index: int | None, classes: list[str]) -> dict:
-    """The whole-image part of ``audit_signals`` (as `audit.evidence.sample_signals` writes it)."""
+    """The whole-image part of ``audit_signals`` (as `audit.scan.evidence.sample_signals` writes it)."""
     return {"pred_index": whole["top_index"], "pred_label": whole["top_label"], "pred_prob": whole["top_prob"],
             "top_labels": [c for c, _ in whole["top"][:TOP_K]], "top_probs": [p for _, p in whole["top"][:TOP_K]],
             "top": whole["top"][:DISTRIBUTION_TOP_K], "given_label": label, "given_index": given_index,

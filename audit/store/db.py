@@ -133,7 +133,7 @@ def load_dataset(name: str) -> fo.Dataset:
 
 def database_address() -> tuple[str, str]:
     """(URI, database name) of FiftyOne's database, for processes that reach it without FiftyOne
-    (`audit.ray_engine`): FIFTYONE_DATABASE_URI, or the address of the mongod FiftyOne started."""
+    (`audit.scan.ray_engine`): FIFTYONE_DATABASE_URI, or the address of the mongod FiftyOne started."""
     ensure_database()
     import fiftyone.core.odm.database as database
 

@@ -2,7 +2,7 @@
 
 ``auto`` (the default) takes the model's head when the labels are the model's classes (an ImageNet
 model on ImageNet labels, or on a part of them such as imagenette's ten), and a fitted head
-(`audit.fitted_head`) as soon as a label that is not one of them is a class of the dataset's own:
+(`audit.heads.fitted`) as soon as a label that is not one of them is a class of the dataset's own:
 carried by at least OWN_CLASS_SAMPLES samples. Fewer are stray labels (a typo, a leftover), said
 to be unknown to the model, on samples the model's head judges. On imagenette, the model's head over all
 its classes ranks the human-verified errors better than the same head restricted to the dataset's
@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from audit import db
+from audit.store import db
 from audit.errors import OptionError
-from audit.evidence import model_class_index
+from audit.models.registry import model_class_index
 from audit.models.registry import AuditModel
 
 HEADS = ("auto", "model", "fit")
+MODEL_LABEL_SET_SOURCES = ("imagenet-val", "sample")  # sources labelled in the model's own classes
 OWN_CLASS_SAMPLES = 5  # a fitted head's folds: fewer samples of a class are too few to fit on
 MODEL, FIT = "model", "fit"
 
@@ -73,6 +74,4 @@ def head_kind(dataset) -> str | None:
 
 def _model_labelled(dataset) -> bool:
     """Sources labelled in the model's own classes (ImageNet's 1000), whatever part of them they use."""
-    from audit.triage import MODEL_LABEL_SET_SOURCES
-
     return db.audit_info(dataset).get("source") in MODEL_LABEL_SET_SOURCES

@@ -10,7 +10,7 @@ What changes on a relabelled sample:
   relabel, and is never overwritten;
 - ``relabel_history`` gains ``{"from", "to", "who", "when", "source"}``;
 - the sample is tagged ``relabeled`` and judged at once for its new label from the whole image's
-  stored probabilities (``audit.score.for_new_label``); its ``audit_done`` marker is cleared, so that
+  stored probabilities (``audit.score.policy.for_new_label``); its ``audit_done`` marker is cleared, so that
   the next ``audit scan`` judges it again on every view.
 
 Everything is validated before anything is written: a file with one bad row changes nothing (unless
@@ -30,12 +30,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.errors import AuditError
-from audit.head_choice import FIT, head_kind
+from audit.heads.choice import FIT, head_kind
 from audit.data.classes import imagenet_names, resolve_imagenet_label
-from audit.labelstudio import labelstudio_answer
-from audit.triage import rescore
+from audit.data.ingest import ground_truth_label
+from audit.store.lock import LockError, ScanLock
+from audit.review.labelstudio import labelstudio_answer
+from audit.score.triage import rescore
 
 APP_MARKS = "app-marks"  # the ``source`` of changes applied from the App's marks
 
@@ -223,8 +226,6 @@ def plan(dataset, corrections: list[Correction], allow_new_labels: bool = False)
 def _apply(dataset, changes: dict[str, str], source: str, imagenet: bool) -> list[dict]:
     """Write the planned changes in bulk: originals first (only where none is kept yet), then the
     history, then the labels, then the tags and the cleared scan markers."""
-    from audit.data.ingest import ground_truth_label
-
     if not changes:
         return []
     fo = db.fo
@@ -275,8 +276,6 @@ def _no_scan_running(dataset, writing: bool = True):
     """Hold the dataset's scan lock while corrections are written (when there are any). A scan in
     progress has read the labels it judges and would mark its samples done against the old ones, so
     a relabel during a scan is refused, nothing written; and no scan starts during a relabel."""
-    from audit.lock import LockError, ScanLock
-
     if not writing:
         yield
         return
@@ -321,7 +320,7 @@ def _relabel(dataset, corrections, skipped: int, source: str, allow_new_labels: 
         result.changed = _apply(dataset, planned.changes, source, planned.imagenet)
         if after_apply:
             after_apply(planned)
-        if result.changed and dataset.has_sample_field(names.SIGNALS):  # no stale verdict: judged at once for the new label (see audit.score.for_new_label)
+        if result.changed and dataset.has_sample_field(names.SIGNALS):  # no stale verdict: judged at once for the new label (see audit.score.policy.for_new_label)
             rescore(dataset, [change["sample_id"] for change in result.changed])
     result.applied = True
     return result

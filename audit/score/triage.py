@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from audit import db, names
+from audit.store import db
+from audit import names
 from audit.data.classes import imagenet_names, resolve_imagenet_label
-from audit.head_choice import FIT, head_kind
-from audit.score import THRESHOLDS, for_new_label, judge
+from audit.heads.choice import FIT, MODEL_LABEL_SET_SOURCES, head_kind
+from audit.score.policy import THRESHOLDS, for_new_label, judge
 
 
 @dataclass
@@ -24,7 +25,7 @@ class ScoringSummary:
 def rescore(dataset, sample_ids: list[str] | None = None) -> ScoringSummary:
     """Judge every scanned sample (or those of ``sample_ids``) from its stored signals, write
     category, mislabel_score, reasons, why and suggested_label in bulk, and re-sync tags and saved views.
-    A sample relabelled since its scan is judged for its new label (`audit.score.for_new_label`)."""
+    A sample relabelled since its scan is judged for its new label (`audit.score.policy.for_new_label`)."""
     view = dataset.exists(names.SIGNALS)
     if sample_ids is not None:
         view = view.select(sample_ids)
@@ -52,9 +53,6 @@ def _shown(score: float | None) -> float | None:
 
 
 # Sources labelled in the model's own classes (ImageNet's 1000): a suggestion may name any of them.
-MODEL_LABEL_SET_SOURCES = ("imagenet-val", "sample")
-
-
 def label_set(dataset) -> frozenset[str] | None:
     """The classes a suggested label may name, as the head names them: None (any of the model's)
     for the ImageNet sources; else the classes the dataset declares for its label field

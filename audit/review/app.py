@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from audit import db, names, settings
+from audit.store import db
+from audit import names, settings
 from audit.errors import AuditError
 
 PLUGINS_DIR = settings.PACKAGE_DIR.parent / "plugins"

@@ -9,9 +9,9 @@ same views, raised (never lowered) by averaging in the crop of the given label's
 (where its Grad-CAM is strongest: is the labelled object there, only out-shone by another?). 0.5 means the given class ties with the
 best other class; near 1, another class takes all the probability in every view. The scan asks for
 these second opinions only where the whole image leaves the label in doubt (see
-`audit.evidence.needs_second_opinion`); elsewhere, and without them, the score is that of the whole
+`audit.scan.evidence.needs_second_opinion`); elsewhere, and without them, the score is that of the whole
 image. The crop of the dominant object (the Eigen-CAM box) decides the category, not the score.
-The neighbours in embedding space (`audit.neighbours`) add to it where they earn their place
+The neighbours in embedding space (`audit.heads.neighbours`) add to it where they earn their place
 (`with_neighbours`): their vote with a fitted head, how unlike its neighbours the photo is where
 the labels are some of the model's classes. There, the margin among the dataset's classes
 alone may raise the score too (`with_own_classes`).
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from audit.signals import normalised_margin
 from audit.names import AMBIGUOUS, BAD_BOX, CLASSIFIER_FAILURE, ERROR_CATEGORY, OK, SUSPECTED_MISLABEL
 
 # A class probability at or above which the model is called confident.
@@ -68,7 +69,7 @@ UNLIKE_ANY = 0.98
 # head it is left out (shown in the reasons only): on cifar10-dev it ranks synthetic flips at chance
 # (AUROC 0.52) and lowered their AP (5 %: 0.556 -> 0.509).
 UNLIKE_WEIGHT = 0.05
-# A fitted head's folds (audit.fitted_head.FOLDS): a label with fewer samples is named in the reasons.
+# A fitted head's folds (audit.heads.fitted.FOLDS): a label with fewer samples is named in the reasons.
 FEW_EXAMPLES = 5
 
 # The views the consensus averages with the whole image: they look at the image without regard to
@@ -99,11 +100,6 @@ class Verdict:
     reasons: list[str]  # the decisive one first
     suggested_label: str | None
     why: str | None  # the decisive reason in a few words, for a tile (no commas: the App splits values at them)
-
-
-def normalised_margin(given_prob: float, max_other_prob: float) -> float:
-    """cleanlab's normalised margin, p(given) - max p(other), in [-1, 1]: higher = the label better supported."""
-    return given_prob - max_other_prob
 
 
 def normalised_margin_score(view: dict) -> float:
@@ -329,7 +325,7 @@ def with_own_classes(score: float, signals: dict) -> float:
 
 def neighbour_reasons(vote: dict | None, given: str) -> list[str]:
     """What the nearest samples in embedding space say: a near-duplicate labelled otherwise, or
-    most neighbours carrying another label (see `audit.neighbours`)."""
+    most neighbours carrying another label (see `audit.heads.neighbours`)."""
     if not vote:
         return []
     twin = vote.get("duplicate")

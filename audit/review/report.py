@@ -15,9 +15,11 @@ import cv2
 import numpy as np
 
 from audit.errors import AuditError
-from audit.outfile import atomic_output, check_output
-from audit import db, names
-from audit.render import overlay
+from audit.store.outfile import atomic_output, check_output
+from audit.store import db
+from audit import names
+from audit.review.render import overlay
+from audit.review.relabel import marks_summary
 
 CATEGORY_MEANING = {
     names.SUSPECTED_MISLABEL: "the model is confident in another class and sees no evidence for the label",
@@ -37,8 +39,6 @@ class ReportError(AuditError):
 def summary_figures(collection) -> dict:
     """Counts per category, the mislabel_score histogram (20 bins over [0, 1], per category) and the
     review marks of a dataset or view, as plain data (the App panel and the report draw it)."""
-    from audit.relabel import marks_summary
-
     if not collection._root_dataset.has_sample_field(names.CATEGORY):
         return {"scanned": 0, "flagged": 0, "total": len(collection), "categories": [], "marks": {},
                 "histogram": {"edges": [], "centres": [], "counts": [], "width": 1 / BINS, "by_category": {}}}

@@ -1,0 +1,1 @@
+"""What judges the labels: which head (`choice`), a head fitted on the embeddings (`fitted`), the neighbours' vote (`neighbours`)."""

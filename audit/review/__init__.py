@@ -1,0 +1,2 @@
+"""What a reviewer works with: the App (`app`), the report (`report`, `render`), the relabel list (`export`,
+`labelstudio`) and the corrections read back (`relabel`)."""
