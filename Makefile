@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/audit scan sample
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # The two-node Ray cluster on loopback (tests/test_ray_cluster.py): about 4 minutes, apart from `make test`.

@@ -24,7 +24,7 @@ from audit.settings import VERSION as __version__
 _API = {
     "AuditError": "audit.errors",
     "SourceRequest": "audit.pipeline", "AuditResult": "audit.pipeline", "load_source": "audit.pipeline",
-    "audit_dataset": "audit.pipeline",
+    "audit_dataset": "audit.pipeline", "scan_progress": "audit.pipeline",
     "ScanOptions": "audit.scan.options",
     "AuditModel": "audit.models.registry", "load_model": "audit.models.registry", "load_models": "audit.models.registry",
     "model_names": "audit.models.registry", "available_models": "audit.models.registry",

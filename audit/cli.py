@@ -1,4 +1,7 @@
-"""The `audit` command line: parse, call the library, print. No logic of its own."""
+"""The `audit` command line: parse, call the library, print. No logic of its own.
+
+Each command imports the library inside its function: `audit --help` and a mistyped option answer at
+once, without loading torch and FiftyOne."""
 
 from __future__ import annotations
 
@@ -12,9 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
-from rich.text import Text
 
 from audit import names, settings
 from audit.errors import AuditError, OptionError
@@ -104,7 +105,8 @@ def scan(
         help="A box for every large Eigen-CAM segment (several objects), not only the largest.")] = False,
     labels: Annotated[Optional[Path], typer.Option(help="folder: CSV (filepath,label) for a flat folder.")] = None,
     label_field: Annotated[str, typer.Option(help="fiftyone: the field holding the labels.")] = names.GROUND_TRUTH,
-    layout: Annotated[Optional[str], typer.Option(help="imagenet-val: force a layout (archives | extracted | kaggle | folders).")] = None,
+    layout: Annotated[Optional[str], typer.Option(
+        help="imagenet-val: force a layout (archives | extracted | kaggle | folders).")] = None,
     boxes: Annotated[Optional[Path], typer.Option(
         help="imagenet-val: the folder of the box files (<image>.xml), if not found under --root.")] = None,
     head: Annotated[str, typer.Option(
@@ -114,7 +116,8 @@ def scan(
         help="local | ray: this machine's processes, or a Ray cluster (pip install 'audit[ray]').")] = "local",
     address: Annotated[Optional[str], typer.Option(
         help="ray: auto | HOST:PORT of the cluster (default: RAY_ADDRESS or a running cluster, else a local one).")] = None,
-    actors: Annotated[str, typer.Option(help="ray: model replicas, N or auto (one per GPU; one per node without GPUs).")] = "auto",
+    actors: Annotated[str, typer.Option(
+        help="ray: model replicas, N or auto (one per GPU; one per node without GPUs).")] = "auto",
     gpus_per_actor: Annotated[Optional[float], typer.Option(
         min=0, help="ray: GPUs per model replica (default: 1 where the cluster has GPUs, else 0).")] = None,
 ) -> None:
@@ -122,7 +125,7 @@ def scan(
     and rank the samples. Resumes by default: samples scanned with the same settings are skipped."""
     from audit.data.imagenet import LAYOUTS
     from audit.models.registry import load_models, model_names
-    from audit.pipeline import SourceRequest, audit_dataset, load_source
+    from audit.pipeline import SourceRequest, audit_dataset, load_source, scan_progress
     from audit.scan.options import ScanOptions
 
     if layout is not None and layout not in LAYOUTS:
@@ -131,14 +134,14 @@ def scan(
                           restart=restart, amp=amp, second_opinion=second_opinion, class_maps=class_maps,
                           all_boxes=all_boxes, head=head, engine=engine,
                           cluster=_cluster_options(engine, shard, address, actors, gpus_per_actor))
-    loaded = load_models(model_names(model, models), weights=weights, layer=layer, device=device)
+    loaded = load_models(model_names(model, preset=models), weights=weights, layer=layer, device=device)
     request = SourceRequest(source.value, root, name, str(labels) if labels else None, label_field, layout, limit,
                             str(boxes) if boxes else None)
     warnings: list[str] = []
     dataset, added = load_source(request, warn=warnings.append, on_wait=lambda why: _say(f"waiting: {why}"))
     _print_loaded(dataset, added, warnings, loaded)
-    with _progress() as progress:
-        result = audit_dataset(dataset, loaded, options, progress)
+    with scan_progress(err) as progress:
+        result = audit_dataset(dataset, loaded, options=options, progress=progress)
     if result.scoring is None:
         _say(f"interrupted: {result.scan.scanned} samples saved; run the same command again to resume")
         raise typer.Exit(130)
@@ -205,16 +208,6 @@ def _parse_shard(shard: str) -> tuple[int, int]:
     raise typer.BadParameter(f"'{shard}' is not I/N with 1 <= I <= N", param_hint="--shard")
 
 
-class ImagesPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text("" if task.speed is None else f"{task.speed:.1f} img/s")
-
-
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
-                    TextColumn("eta"), TimeRemainingColumn(), console=err)
-
-
 @app.command()
 @command
 def rank(
@@ -225,8 +218,8 @@ def rank(
     rescore: Annotated[bool, typer.Option(help="Re-score from the stored signals first (no model).")] = False,
 ) -> None:
     """Show the flagged samples, highest mislabel_score first."""
-    from audit.store import db
     from audit.score.triage import rescore as run_rescore
+    from audit.store import db
 
     dataset = db.load_dataset(name)
     _check_category(category)
@@ -280,13 +273,13 @@ def export(
 ) -> None:
     """Write the relabel list (highest mislabel_score first) with an empty new_label column.
 
-    --format labelstudio writes Label Studio tasks instead (see the README for the import)."""
-    from audit.store import db
+    --format labelstudio writes Label Studio tasks instead (see docs/relabelling.md for the import)."""
     from audit.review.export import export_dataset
+    from audit.store import db
 
     _check_category(category)
     dataset = db.load_dataset(name)
-    exported = export_dataset(dataset, out_path, fmt.value, category=category, top=top, everything=everything,
+    exported = export_dataset(dataset, out_path, fmt=fmt.value, category=category, top=top, everything=everything,
                               overwrite=overwrite, document_root=document_root)
     err.print(f"wrote {exported.count} {'tasks' if exported.labelstudio else 'rows'} to {out_path}")
     if exported.labelstudio:
@@ -309,13 +302,14 @@ def eval_loc(
 ) -> None:
     """Weakly-supervised localization (the Eigen-CAM papers' protocol): GT-known and top-1
     localization error in % (lower is better) for Eigen-CAM, fused Eigen-CAM and Grad-CAM."""
-    from audit.store import db
     from audit.evaluate.localization import evaluate_localization
     from audit.models.registry import load_model
+    from audit.pipeline import scan_progress
+    from audit.store import db
 
     dataset = db.load_dataset(name)
     loaded = load_model(model, weights=weights, device=device)
-    with _progress() as progress:
+    with scan_progress(err) as progress:
         report = evaluate_localization(dataset, loaded, iou=iou, progress=progress)
     if as_json:
         out.print_json(json.dumps(report))
@@ -343,8 +337,8 @@ def eval_labels(
     """How well mislabel_score ranks verified label errors first (AUROC, average precision,
     precision at 10/25/50), beside the probability-only baselines of the same scan; how often the
     suggested label is the humans' fix; how well `ambiguous` finds multi-label images."""
-    from audit.store import db
     from audit.evaluate.labels import evaluate_labels
+    from audit.store import db
 
     report = evaluate_labels(db.load_dataset(name), truth)
     if as_json:
@@ -457,8 +451,8 @@ def relabel(
     Rows with new_label set are matched by sample_id, else filepath. The original label is kept in
     <label field>_original and relabel_history; nothing is written when a row is bad (unless
     --skip-invalid); applying the same file again changes nothing."""
-    from audit.store import db
     from audit.review.relabel import RelabelError, relabel_from_file, relabel_from_marks
+    from audit.store import db
 
     if (from_path is None) == (not from_app):
         raise typer.BadParameter("give --from FILE or --from-app (one of them)", param_hint="--from")
@@ -489,7 +483,8 @@ def app_command(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
     view: Annotated[Optional[str], typer.Option(help="Saved view to open (default: audit-flagged).")] = None,
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default: FiftyOne's, 5151).")] = None,
-    address: Annotated[str, typer.Option(help="Address to serve on; 0.0.0.0 exposes the App to the network.")] = settings.DEFAULT_APP_ADDRESS,
+    address: Annotated[str, typer.Option(
+        help="Address to serve on; 0.0.0.0 exposes the App to the network.")] = settings.DEFAULT_APP_ADDRESS,
 ) -> None:
     """Open the FiftyOne App on the flagged samples, with the audit plugin; runs until Ctrl-C.
 
@@ -519,8 +514,8 @@ def report(
     """Write a self-contained HTML report of the top flagged samples.
 
     Summary figures, then each flagged sample as the photo, its Eigen-CAM map and box, and the reasons."""
-    from audit.store import db
     from audit.review.report import write_report
+    from audit.store import db
 
     dataset = db.load_dataset(name)
     shown = write_report(dataset, out_path, top=top, overwrite=overwrite)

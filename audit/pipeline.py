@@ -7,13 +7,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
 from audit.data import default_name, open_source
-from audit.store.lock import ScanLock
-from audit.names import GROUND_TRUTH
 from audit.models.registry import AuditModel
+from audit.names import GROUND_TRUTH
 from audit.scan.options import ScanOptions, ScanSummary
 from audit.scan.run import scan
 from audit.score.triage import ScoringSummary, rescore
+from audit.store.lock import ScanLock
 
 
 @dataclass(frozen=True)
@@ -38,21 +42,34 @@ class AuditResult:
     scoring: ScoringSummary | None
 
 
-def load_source(request: SourceRequest, warn: Callable[[str], None] = print,
+def load_source(request: SourceRequest, *, warn: Callable[[str], None] = print,
                 on_wait: Callable[[str], None] | None = None):
     """The persistent dataset of ``request``, with what is new ingested; returns (dataset, added).
     Two loads of one source wait for each other (``on_wait`` hears why), then the second adds nothing."""
     name = request.name or default_name(request.source, request.root)
     with ScanLock(name, kind="ingest", wait=True, on_wait=on_wait):
-        return open_source(request.source, request.root, request.name, request.labels, request.label_field,
-                           request.layout, request.limit, warn=warn, boxes=request.boxes)
+        return open_source(request.source, root=request.root, name=request.name, labels=request.labels,
+                           label_field=request.label_field, layout=request.layout, limit=request.limit, warn=warn,
+                           boxes=request.boxes)
 
 
-def audit_dataset(dataset, models: list[AuditModel], options: ScanOptions | None = None,
+def audit_dataset(dataset, models: list[AuditModel], *, options: ScanOptions | None = None,
                   progress=None) -> AuditResult:
     """Scan ``dataset`` (a dataset or a view) with ``models`` and score every sample of its dataset.
     Raises `audit.store.lock.LockError` when another scan of it runs; Ctrl-C saves what is done and returns
     an interrupted result, which the same call resumes."""
-    summary = scan(dataset, models, options or ScanOptions(), progress)
+    summary = scan(dataset, models, options=options or ScanOptions(), progress=progress)
     scoring = None if summary.interrupted else rescore(dataset._root_dataset)
     return AuditResult(summary, scoring)
+
+
+class ImagesPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text("" if task.speed is None else f"{task.speed:.1f} img/s")
+
+
+def scan_progress(console: Console | None = None) -> Progress:
+    """The progress display the CLI shows, to pass as ``progress``: each stage with its bar, count,
+    images per second and time left (on ``console``, default stderr)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), ImagesPerSecond(),
+                    TextColumn("eta"), TimeRemainingColumn(), console=console or Console(stderr=True))

@@ -85,18 +85,17 @@ class Benchmark:
         return self._audit(dataset)
 
     def _audit(self, dataset):
-        from audit.cli import _progress
-        from audit.pipeline import audit_dataset
+        from audit.pipeline import audit_dataset, scan_progress
 
-        with _progress() as progress:
+        with scan_progress() as progress:
             result = audit_dataset(dataset, [self.model], progress=progress)
         self.console.print(f"{dataset.name}: head {result.scan.head.kind} ({result.scan.head.why}); first phase "
                            f"{result.scan.seconds:.0f} s, second phase {result.scan.second_phase_seconds:.0f} s")
         return dataset
 
     def columns(self, dataset) -> dict:
-        from audit.store import db
         from audit import names
+        from audit.store import db
 
         ids, filepaths, labels, scores, signals, embeddings = dataset.exists(names.EMBEDDINGS).sort_by(
             "_id", create_index=False).values(["id", "filepath", f"{db.label_field(dataset)}.label", names.SCORE,
@@ -116,6 +115,7 @@ class Benchmark:
     def rankings(self, columns: dict) -> dict[str, np.ndarray]:
         """Every ranking of the samples, higher = more suspect."""
         from audit.score.policy import normalised_margin_score
+        from audit.signals import Signals
 
         labels = columns["labels"]
         classes = sorted(set(labels))
@@ -125,10 +125,10 @@ class Benchmark:
             np.eye(len(classes), dtype=bool)[targets], -1.0, pred_probs).max(1)
         ranked = {"mislabel_score": columns["scores"], "recipe: normalized margin": (1 - margin) / 2}
         ranked.update(self.cleanlab(targets, pred_probs, columns["embeddings"]))
-        ranked["neighbours"] = np.array([s.get("neighbours", {}).get("other_share", 0.0) for s in columns["signals"]])
-        signals = columns["signals"]
-        if all(s.get("head") != "fit" and s.get("given_prob") is not None for s in signals):
-            ranked["model head, all classes"] = np.array([normalised_margin_score(s) for s in signals])
+        signals = [Signals.read(s) for s in columns["signals"]]
+        ranked["neighbours"] = np.array([s.neighbours.other_share if s.neighbours else 0.0 for s in signals])
+        if all(s.head != "fit" and s.given_prob is not None for s in signals):
+            ranked["model head, all classes"] = np.array([normalised_margin_score(s.whole_image()) for s in signals])
             ranked["model head, the dataset's classes"] = self.restricted_margin(columns, classes)
         self.pred_probs = pred_probs
         return ranked
@@ -185,8 +185,8 @@ class Benchmark:
         """A clone of ``dataset`` with ``level`` of its labels flipped (half to a random other class,
         half to the class most confused with the true one), the flipped samples' first phase
         redone and everything judged again; and which samples were flipped."""
-        from audit.store import db
         from audit import names
+        from audit.store import db
 
         columns = self.columns(dataset)
         labels, classes = columns["labels"], sorted(set(columns["labels"]))
@@ -199,7 +199,8 @@ class Benchmark:
         new_labels = list(labels)
         for position, row in enumerate(chosen):
             own = targets[row]
-            other = int(confusion[own].argmax()) if position % 2 else int(rng.choice([c for c in range(len(classes)) if c != own]))
+            others = [c for c in range(len(classes)) if c != own]
+            other = int(confusion[own].argmax()) if position % 2 else int(rng.choice(others))
             new_labels[row] = classes[other]
         name = f"{dataset.name}-flip{int(level * 100)}-seed{seed}"
         if db.fo.dataset_exists(name):

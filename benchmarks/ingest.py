@@ -53,8 +53,8 @@ def run(root: Path, n: int, boxes: bool, profile: bool) -> None:
     make_layout(root, n, boxes=boxes)
     print(f"layout: {n} images{' + box files' if boxes else ''} in {root} ({time.perf_counter() - start:.1f} s)")
 
-    from audit.store import db
     from audit.data import open_source
+    from audit.store import db
 
     db.ensure_database()
     warnings: list[str] = []
@@ -62,7 +62,7 @@ def run(root: Path, n: int, boxes: bool, profile: bool) -> None:
     start = time.perf_counter()
     if profiler:
         profiler.enable()
-    dataset, added = open_source("imagenet-val", str(root), name="ingest-bench", warn=warnings.append)
+    dataset, added = open_source("imagenet-val", root=str(root), name="ingest-bench", warn=warnings.append)
     if profiler:
         profiler.disable()
     first = time.perf_counter() - start
@@ -70,7 +70,7 @@ def run(root: Path, n: int, boxes: bool, profile: bool) -> None:
           f"({len(warnings)} warnings)")
 
     start = time.perf_counter()
-    dataset, again = open_source("imagenet-val", str(root), name="ingest-bench", warn=warnings.append)
+    dataset, again = open_source("imagenet-val", root=str(root), name="ingest-bench", warn=warnings.append)
     second = time.perf_counter() - start
     print(f"second ingest: {again} samples added in {second:.1f} s; dataset holds {len(dataset)} samples")
 

@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audit.data.classes import resolve_imagenet_label  # noqa: E402
 from audit.evaluate.labels import BASELINES, balanced_accuracy, ranking_figures  # noqa: E402
-from audit.scan.evidence import EvidenceOptions, batch_evidence, sample_signals
 from audit.images import open_rgb  # noqa: E402
 from audit.models.registry import PRESETS, load_model  # noqa: E402
 from audit.names import DEFAULT_MODEL, SUSPECTED_MISLABEL  # noqa: E402
+from audit.scan.evidence import EvidenceOptions, batch_evidence, sample_signals
 from audit.score.policy import CONFIDENT, judge
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"

@@ -51,8 +51,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -95,9 +95,9 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
     import torch
 
     from audit.models.registry import PRESETS, load_model
-    from audit.scan.options import ScanOptions
-    from audit.scan.local import make_loader
     from audit.scan.kernel import model_runtime
+    from audit.scan.local import make_loader
+    from audit.scan.options import ScanOptions
 
     model = load_model("efficientnet_lite0", device="auto")
     models = [model] + [load_model(name, device="auto") for name in PRESETS["lite"][1:]] if mode == "e" else [model]
@@ -120,13 +120,13 @@ def child(mode: str, table: Path, name: str, batch_size: int | None, workers: in
         result = {"images": count, "seconds": seconds, "write_seconds": 0.0, "workers": n_workers,
                   "threads": threads}
     else:
-        from audit.store import db
         from audit.pipeline import audit_dataset
         from audit.scan.kernel import plan_resources
+        from audit.store import db
 
         if mode == "c":
             options.class_maps = options.second_opinion = False
-        summary = audit_dataset(db.load_dataset(name), models, options).scan  # scoring's memory counts too
+        summary = audit_dataset(db.load_dataset(name), models, options=options).scan  # scoring's memory counts too
         result = {"images": summary.scanned, "seconds": summary.seconds, "write_seconds": summary.write_seconds,
                   "second_phase_seconds": summary.second_phase_seconds,
                   "workers": plan_resources(model.device, options.workers)[0], "threads": torch.get_num_threads()}
@@ -216,11 +216,12 @@ def child_engine(engine: str, table: Path, name: str, batch_size: int | None, ad
     every process of the run, and the object store's spilled bytes."""
     sys.path.insert(0, str(REPO))
     sys.path.insert(0, str(REPO / "tests"))
-    from audit.store import db
+    from ray_support import LoopbackCluster
+
     from audit.models.registry import load_model
     from audit.pipeline import audit_dataset
     from audit.scan.options import ClusterOptions, ScanOptions
-    from ray_support import LoopbackCluster
+    from audit.store import db
 
     model = load_model("efficientnet_lite0", device="auto")
     options = ScanOptions(engine="ray" if engine != "local" else "local",
@@ -240,11 +241,12 @@ def child_engine(engine: str, table: Path, name: str, batch_size: int | None, ad
 
             ray.init(address=address, log_to_driver=False,
                      **({} if address else {"num_cpus": os.cpu_count(), "include_dashboard": False, "_temp_dir": ray_folder}))
-        summary = audit_dataset(db.load_dataset(name), [model], options, progress=clock).scan
+        summary = audit_dataset(db.load_dataset(name), [model], options=options, progress=clock).scan
         if engine != "local":
             ray.shutdown()
     return {**clock.figures(), "engine": engine, "seconds": summary.seconds, "peak_mb": memory.peak_mb,
-            "peak_parts": memory.peak_parts, "spilled_mb": memory.spilled_mb, "second_phase_seconds": summary.second_phase_seconds}
+            "peak_parts": memory.peak_parts, "spilled_mb": memory.spilled_mb,
+            "second_phase_seconds": summary.second_phase_seconds}
 
 
 def grow(base: str, name: str, n: int, own_classes: bool = False) -> None:
@@ -254,8 +256,8 @@ def grow(base: str, name: str, n: int, own_classes: bool = False) -> None:
     sys.path.insert(0, str(REPO))
     import numpy as np
 
-    from audit.store import db
     from audit import names
+    from audit.store import db
 
     source = db.load_dataset(base)
     columns = source.exists(names.EMBEDDINGS).values(["filepath", f"{names.GROUND_TRUTH}.label", names.EMBEDDINGS,
@@ -284,12 +286,12 @@ def second_phase_alone(name: str, head: str) -> dict:
     """The second phase over dataset ``name`` (with a fitted head: the fit, the vote and the
     indexes, not the samples in doubt through the network: that part streams in batches)."""
     sys.path.insert(0, str(REPO))
-    from audit.store import db
-    from audit.scan import second_phase
-    from audit.scan.evidence import EvidenceOptions
     from audit.heads.choice import choose_head
     from audit.models.registry import load_model
+    from audit.scan import second_phase
+    from audit.scan.evidence import EvidenceOptions
     from audit.scan.local import LocalEngine
+    from audit.store import db
 
     dataset = db.load_dataset(name)
     model = load_model("efficientnet_lite0", device="auto")

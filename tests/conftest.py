@@ -5,7 +5,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from throwaway_db import start_throwaway_database
 
 # A mongod of our own before FiftyOne is imported: never the user's database (FiftyOne would attach
@@ -40,8 +39,8 @@ def scan_sample(name: str):
     may change it while other modules keep theirs untouched; returns the dataset."""
     from typer.testing import CliRunner
 
-    from audit.store import db
     from audit.cli import app
+    from audit.store import db
 
     result = CliRunner().invoke(app, ["scan", "sample", "--name", name, "--workers", "0"])
     assert result.exit_code == 0, result.output

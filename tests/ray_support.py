@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import psutil
 
-from audit.store import db
 from audit import names
+from audit.store import db
 
 SAMPLE_DATA = Path(__file__).resolve().parents[1] / "sample_data"
 BIN = Path(sys.executable).parent

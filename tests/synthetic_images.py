@@ -14,7 +14,8 @@ def make_dataset(name: str, rows: list[tuple[Path, str]], folder: Path):
     """A FiftyOne dataset from a CSV of (image file, label) rows, as `audit scan csv` makes it."""
     table = folder / f"{name}.csv"
     table.write_text("filepath,label\n" + "".join(f"{path},{label}\n" for path, label in rows))
-    dataset, added = open_source("csv", str(table), name, None, "ground_truth", None, None, warn=print)
+    dataset, added = open_source("csv", root=str(table), name=name, labels=None, label_field="ground_truth", layout=None,
+                                 limit=None, warn=print)
     assert added == len(rows)
     return dataset
 

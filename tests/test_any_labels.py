@@ -8,16 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import scan_sample
+from synthetic_images import OWN_CLASSES, SMALL_CLASS, own_classes_folder
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit import names
 from audit.cli import app
 from audit.heads.fitted import fit_heads
 from audit.score.policy import judge
-
-from conftest import scan_sample
-from synthetic_images import OWN_CLASSES, SMALL_CLASS, own_classes_folder
+from audit.store import db
 
 runner = CliRunner()
 NAME = "own-classes-fitted"
@@ -124,11 +123,11 @@ def test_the_second_phase_interrupted_and_resumed_gives_the_same_result(scanned,
     before = rows(dataset)
     dataset.set_values(names.HEAD_DONE, dict.fromkeys(dataset.values("id")), key_field="id")
     options = ScanOptions(workers=0, batch_size=4)
-    stopped = scan(dataset, embedded_model, options, progress=StopAfter(2))
+    stopped = scan(dataset, embedded_model, options=options, progress=StopAfter(2))
     assert stopped.interrupted
     left = len(dataset.match(db.F(names.HEAD_DONE) == None))  # noqa: E711
     assert 0 < left < len(dataset)
-    resumed = scan(dataset, embedded_model, options)
+    resumed = scan(dataset, embedded_model, options=options)
     assert not resumed.interrupted and resumed.judged == left
     rescore(dataset)
     after = rows(dataset)
@@ -210,7 +209,7 @@ def test_a_relabel_refits_the_head_without_the_network(scanned, embedded_model, 
     corrections = tmp_path / "relabel.csv"
     corrections.write_text(f"sample_id,filepath,new_label\n{sample.id},{planted},kitty\n")
     assert relabel_from_file(copy, corrections).applied
-    summary = scan(copy, embedded_model, ScanOptions(workers=0, batch_size=4))
+    summary = scan(copy, embedded_model, options=ScanOptions(workers=0, batch_size=4))
     assert summary.scanned == 0 and summary.judged == len(copy)
     rescore(copy)
     sample.reload()

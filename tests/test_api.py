@@ -13,7 +13,7 @@ def test_every_name_of_the_front_door_resolves():
 def test_the_notebook_example_runs_end_to_end(tmp_path):
     dataset, added = audit.load_source(audit.SourceRequest("sample", name="api-sample"))
     assert added == len(dataset) > 10
-    result = audit.audit_dataset(dataset, audit.load_models(audit.model_names()), audit.ScanOptions(workers=0))
+    result = audit.audit_dataset(dataset, audit.load_models(audit.model_names()), options=audit.ScanOptions(workers=0))
     assert result.scan.scanned == len(dataset) and result.scoring.counts
     rows = audit.ranked_rows(dataset, top=3)
     assert {row["filepath"].rsplit("/", 1)[1] for row in rows} == {"camera.jpg", "coffee.jpg",

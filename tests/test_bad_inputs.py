@@ -30,14 +30,13 @@ import pytest
 import skimage.data
 import torch
 import typer
+from conftest import SAMPLE_DATA
 from PIL import Image
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit.cli import app
+from audit.store import db
 from audit.store.lock import held_locks
-
-from conftest import SAMPLE_DATA
 
 runner = CliRunner()
 AUDIT = str(Path(sys.executable).parent / "audit")
@@ -232,7 +231,7 @@ def linked_folder(tmp_path):
 def test_symlink_loop_and_a_file_deleted_between_ingest_and_scan(linked_folder):
     from audit.data import open_source
 
-    dataset, added = open_source("folder", str(linked_folder), "linked", warn=lambda _: None)
+    dataset, added = open_source("folder", root=str(linked_folder), name="linked", warn=lambda _: None)
     assert added == 4  # ok, deleted later, a, b: nothing twice through the links
     (linked_folder / "tabby" / "deleted later.jpg").unlink()
     result = runner.invoke(app, ["scan", "folder", "--root", str(linked_folder), "--name", "linked", "--workers", "0"])
@@ -297,7 +296,7 @@ def test_voc_boxes_outside_the_image_are_clipped_or_left_out_and_reported(tmp_pa
     voc(folder / "ILSVRC2012_val_00000001.xml", (200, 150), [(-10, 20, 150, 400), (300, 10, 400, 100)])
     voc(folder / "ILSVRC2012_val_00000002.xml", (200, 150), [])
     warnings = []
-    dataset, added = open_source("imagenet-val", str(tmp_path / "imagenet"), "voc-boxes", warn=warnings.append)
+    dataset, added = open_source("imagenet-val", root=str(tmp_path / "imagenet"), name="voc-boxes", warn=warnings.append)
     assert added == 2
     first, second = dataset.sort_by("filepath")
     [box] = first.gt_boxes.detections
@@ -525,7 +524,7 @@ def test_a_dataset_deleted_while_shown_fails_each_command_with_one_line(image_ma
     table.write_text(f"filepath,label\n{folder / 'gray.jpg'},tabby\n")
     from audit.data import open_source
 
-    shown, _ = open_source("csv", str(table), "shown", warn=lambda _: None)
+    shown, _ = open_source("csv", root=str(table), name="shown", warn=lambda _: None)
     deleted = runner.invoke(app, ["delete", "shown", "--yes"])
     assert deleted.exit_code == 0 and deleted.stderr.strip() == "deleted 'shown'"
     assert (folder / "gray.jpg").is_file()

@@ -2,7 +2,7 @@
 headless Chromium driven by Playwright (never a browser Playwright downloads), and the HTML report.
 
 Screenshots go to the test's tmp dir; with AUDIT_UPDATE_DOCS=1 they are also copied to docs/ for
-the README. Skipped when /usr/bin/chromium or the playwright package is missing (`make test`
+the docs pages. Skipped when /usr/bin/chromium or the playwright package is missing (`make test`
 installs both when it can)."""
 
 import os
@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from audit.store import db
-from audit import names
-from audit.cli import app
-
 from conftest import REPO, scan_sample
 from synthetic_images import OWN_LABELS, own_classes_folder, own_labels_csv
+from typer.testing import CliRunner
+
+from audit import names
+from audit.cli import app
+from audit.store import db
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -46,7 +45,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-DOC_SHOTS = ("app-grid.png", "app-modal.png", "app-panel.png", "app-two-objects.png", "report.png")  # shown in the README
+DOC_SHOTS = ("app-grid.png", "app-modal.png", "app-panel.png", "app-two-objects.png", "report.png")  # shown in docs/app.md
 
 
 def keep(screenshot: Path) -> None:

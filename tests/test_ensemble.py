@@ -6,25 +6,24 @@ import math
 from pathlib import Path
 
 import cv2
-import numpy as np
 import fiftyone as fo
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SAMPLE_DATA
 from PIL import Image
+from synthetic_images import espresso_cup, make_dataset, noise_canvas, paste
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit import names
 from audit.cli import app
-from audit.scan.evidence import field_suffix
 from audit.explain import box_iou
 from audit.models.registry import EMBEDDED, embedded_weights_file, load_model
+from audit.scan.evidence import field_suffix
 from audit.scan.options import ScanOptions
 from audit.scan.run import scan
-
-from conftest import SAMPLE_DATA
-from synthetic_images import espresso_cup, make_dataset, noise_canvas, paste
+from audit.store import db
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 BN_EPS = 1e-3  # TensorFlow's batch norm epsilon, kept by the reference implementation
@@ -133,7 +132,7 @@ def test_two_models_with_different_input_sizes_find_the_object_in_the_same_place
     lite0, lite2 = models["efficientnet_lite0"], models["efficientnet_lite2"]
     assert lite0.preprocess.crop != lite2.preprocess.crop
     dataset = make_dataset("cup-two-sizes", [(path, "espresso")], tmp_path)
-    scan(dataset, [lite0, lite2], ScanOptions(workers=0, second_opinion=False))
+    scan(dataset, [lite0, lite2], options=ScanOptions(workers=0, second_opinion=False))
     sample = dataset.first()
     suffix = field_suffix(lite2)
     boxes = [pixel_box(sample[field].detections[0], width, height)
@@ -160,7 +159,7 @@ def test_an_ensemble_scan_stores_each_model_and_averages_them(models, tmp_path, 
     assert suffixes == ["efficientnet_lite0", "efficientnet_lite1"]
     photos = {"chelsea.jpg": "tiger cat", "coffee.jpg": "tripod", "camera.jpg": "espresso", "rocket.jpg": "missile"}
     dataset = make_dataset("pair", [(SAMPLE_DATA / name, label) for name, label in photos.items()], tmp_path)
-    summary = scan(dataset, pair, ScanOptions(workers=0))
+    summary = scan(dataset, pair, options=ScanOptions(workers=0))
     assert summary.scanned == len(photos)
     assert [model["model"] for model in dataset.info["audit"]["scan"]["models"]] == [model.name for model in pair]
     differing = 0

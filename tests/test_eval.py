@@ -5,11 +5,10 @@ from pathlib import Path
 
 import fiftyone as fo
 import pytest
+from imagenet_fixtures import SAMPLES, build_kaggle, write_photos
 from typer.testing import CliRunner
 
 from audit.cli import app
-
-from imagenet_fixtures import SAMPLES, build_kaggle, write_photos
 
 runner = CliRunner()
 

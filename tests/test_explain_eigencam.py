@@ -7,7 +7,6 @@ import torch
 from audit.explain import eigen_cam, normalise_maps
 from audit.explain.eigencam import _signs
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

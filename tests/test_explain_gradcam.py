@@ -6,7 +6,6 @@ from torch import nn
 
 from audit.explain import class_maps, grad_cam, grad_cam_pp
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

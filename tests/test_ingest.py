@@ -12,13 +12,13 @@ from imagenet_fixtures import SAMPLES, build_archives, build_extracted, build_fo
 from PIL import Image
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit import names
 from audit.cli import app
 from audit.data import open_source
 from audit.data.classes import imagenet_names, imagenet_wnids
 from audit.data.ingest import ground_truth_label, image_size, ingest
 from audit.data.records import GroundTruthBox, Record, SourceError
+from audit.store import db
 
 fo = db.fo
 runner = CliRunner()
@@ -153,7 +153,7 @@ def fiftyone_samples(dataset) -> dict[str, tuple]:
 def test_every_layout_gives_the_same_samples(tmp_path, photos, layout):
     root = build(layout, tmp_path / "root", photos)
     warnings: list[str] = []
-    dataset, added = open_source("imagenet-val", str(root), name=f"layout-{layout}", warn=warnings.append)
+    dataset, added = open_source("imagenet-val", root=str(root), name=f"layout-{layout}", warn=warnings.append)
     assert warnings == [] and added == len(SAMPLES) == len(dataset)
     got, expected = fiftyone_samples(dataset), expected_samples(photos[1])
     assert got.keys() == expected.keys()
@@ -167,7 +167,7 @@ def test_every_layout_gives_the_same_samples(tmp_path, photos, layout):
 
 def test_reingest_adds_nothing_whatever_the_spelling_of_root(tmp_path, photos, monkeypatch):
     root = build("extracted", tmp_path / "root", photos)
-    first, added = open_source("imagenet-val", str(root), name="twice", limit=4)
+    first, added = open_source("imagenet-val", root=str(root), name="twice", limit=4)
     assert added == 4
     parsed = []
     import audit.data.imagenet as imagenet
@@ -175,11 +175,11 @@ def test_reingest_adds_nothing_whatever_the_spelling_of_root(tmp_path, photos, m
     parse = imagenet.ET.parse
     monkeypatch.setattr(imagenet.ET, "parse", lambda path: parsed.append(path) or parse(path))
     monkeypatch.chdir(tmp_path)
-    again, added_again = open_source("imagenet-val", "./root/../root", name="twice")
+    again, added_again = open_source("imagenet-val", root="./root/../root", name="twice")
     assert added_again == len(SAMPLES) - 4 == len(parsed)  # box files of held images are not read again
     assert len(again) == len(SAMPLES) == len(set(again.values("filepath")))
     monkeypatch.setenv("IMAGENET_ROOT", str(root))
-    assert open_source("imagenet-val", None, name="twice")[1] == 0
+    assert open_source("imagenet-val", root=None, name="twice")[1] == 0
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -216,5 +216,5 @@ def test_cli_layout_forcing(tmp_path, photos):
     assert wrong.exit_code == 1 and str(root / "ILSVRC/Data/CLS-LOC/val") in wrong.stderr
     usage = runner.invoke(app, ["scan", "imagenet-val", "--root", str(root), "--layout", "zip"])
     assert usage.exit_code == 2 and "'zip' is not one of" in usage.output
-    dataset, added = open_source("imagenet-val", str(root), name="forced", layout="extracted")
+    dataset, added = open_source("imagenet-val", root=str(root), name="forced", layout="extracted")
     assert added == len(SAMPLES) and Path(dataset.first().filepath).parent == root / "val"

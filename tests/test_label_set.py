@@ -5,14 +5,14 @@ puts the likely label errors first, and each flagged sample says why in a few wo
 from pathlib import Path
 
 import pytest
+from synthetic_images import OWN_LABELS as LABELS
+from synthetic_images import own_labels_csv
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit import names
 from audit.cli import app
 from audit.score.triage import label_set
-
-from synthetic_images import OWN_LABELS as LABELS, own_labels_csv
+from audit.store import db
 
 runner = CliRunner()
 NAME = "own-labels"
@@ -74,12 +74,13 @@ def test_the_label_s_standing_among_the_dataset_s_classes_alone(dataset):
     """Where the labels are some of the model's classes, the scan stores the label's standing among
     them alone (the model's probabilities renormalised), and the score is never below its margin."""
     from audit.score.policy import normalised_margin_score
+    from audit.signals import Distribution
 
     for signals, score in zip(*dataset.values([names.SIGNALS, names.SCORE])):
         among = signals["in_set"]
         assert among["given_prob"] == pytest.approx(signals["given_prob"] / (1 - signals["outside_prob"]), rel=1e-4)
         assert among["top_other"] in LABELS - {signals["given_label"]}
-        assert score >= round(normalised_margin_score(among), 4) - 1e-4
+        assert score >= round(normalised_margin_score(Distribution.read(among)), 4) - 1e-4
 
 
 def test_a_label_another_of_the_dataset_s_classes_beats_scores_as_that_margin(tmp_path):
@@ -87,6 +88,7 @@ def test_a_label_another_of_the_dataset_s_classes_beats_scores_as_that_margin(tm
     three, 'missile' takes nearly all the probability, so the score is that margin's, above what
     the model's 1000 classes alone give it (some of the rocket's probability is on 'projectile')."""
     from audit.score.policy import judge, normalised_margin_score
+    from audit.signals import Distribution
 
     photos = Path(__file__).resolve().parents[1] / "sample_data"
     table, missile = tmp_path / "labels.csv", tmp_path / "another_rocket.jpg"
@@ -100,5 +102,5 @@ def test_a_label_another_of_the_dataset_s_classes_beats_scores_as_that_margin(tm
     signals = swapped[names.SIGNALS]
     assert signals["in_set"]["top_other"] == "missile"
     without = judge({k: v for k, v in signals.items() if k != "in_set"}).mislabel_score
-    assert swapped[names.SCORE] == pytest.approx(normalised_margin_score(signals["in_set"]), abs=1e-4)
+    assert swapped[names.SCORE] == pytest.approx(normalised_margin_score(Distribution.read(signals["in_set"])), abs=1e-4)
     assert swapped[names.SCORE] > without + 0.05 and swapped[names.CATEGORY] == names.SUSPECTED_MISLABEL

@@ -1,4 +1,4 @@
-"""A real Label Studio round trip, following the README's steps: export tasks, start Label Studio
+"""A real Label Studio round trip, following docs/relabelling.md's steps: export tasks, start Label Studio
 with local files served from the printed document root, add the printed Local files storage, import
 the tasks, fetch an image through the task's URL, annotate, export, `audit relabel --from`.
 
@@ -15,13 +15,12 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import scan_sample
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit.cli import app
 from audit.review.labelstudio import LABEL_STUDIO_CONFIG
-
-from conftest import scan_sample
+from audit.store import db
 
 LABEL_STUDIO = os.environ.get("AUDIT_LABEL_STUDIO")
 pytestmark = pytest.mark.skipif(not LABEL_STUDIO, reason="AUDIT_LABEL_STUDIO names no label-studio program")

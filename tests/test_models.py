@@ -36,8 +36,8 @@ def test_mixed_precision_is_a_switch_of_the_forward_pass_and_agrees(embedded_mod
     """`--amp` (bfloat16 on a CPU, float16 on CUDA) flips ``forward.autocast``: same top class."""
     import skimage.data
 
-    from audit.scan.options import ScanOptions
     from audit.scan.kernel import model_runtime
+    from audit.scan.options import ScanOptions
 
     image = embedded_model.preprocess(Image.fromarray(skimage.data.chelsea()))[None]
     with torch.inference_mode():

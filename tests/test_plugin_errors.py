@@ -3,13 +3,12 @@ explains (a refused lock, a missing model, a bad label, a file it must not repla
 error notification with the one line, not a traceback."""
 
 import pytest
+from conftest import scan_sample
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit.review.app import PLUGINS_DIR
+from audit.store import db
 from audit.store.lock import ScanLock
-
-from conftest import scan_sample
 
 runner = CliRunner()
 NAME = "plugin-errors"
@@ -61,7 +60,7 @@ def test_apply_relabel_marks_refused_by_a_running_scan_is_a_notification(dataset
     from audit.review.relabel import mark_samples
 
     camera = dataset.match(db.F("filepath").ends_with("/camera.jpg")).first()
-    mark_samples(dataset, [camera.id], "relabel", "tripod")
+    mark_samples(dataset, [camera.id], "relabel", new_label="tripod")
     lock = held(dataset)
     try:
         result, notes = execute("apply_relabel_marks", dataset=dataset)

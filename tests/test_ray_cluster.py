@@ -12,14 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from ray_support import HEAD, WORKER, LoopbackCluster, assert_complete, assert_same_results, copies_of_the_sample_photos, results
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit import names
 from audit.cli import app
-
-from ray_support import (HEAD, WORKER, LoopbackCluster, assert_complete, assert_same_results,
-                         copies_of_the_sample_photos, results)
+from audit.store import db
 
 pytestmark = pytest.mark.skipif(os.environ.get("AUDIT_CLUSTER_TESTS") != "1",
                                 reason="the two-node cluster test runs with `make test-cluster`")

@@ -10,16 +10,15 @@ import sys
 import numpy as np
 import pytest
 import ray
+from ray_support import assert_complete, assert_same_results, copies_of_the_sample_photos, results
+from synthetic_images import own_classes_folder
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit import names
 from audit.cli import app
 from audit.images import open_rgb
 from audit.scan.ray_engine import ClusterError, check_nodes
-
-from ray_support import assert_complete, assert_same_results, copies_of_the_sample_photos, results
-from synthetic_images import own_classes_folder
+from audit.store import db
 
 runner = CliRunner()
 

@@ -7,14 +7,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
+from conftest import scan_sample
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit import names
 from audit.cli import app
 from audit.review.relabel import RelabelError, mark_samples, relabel_from_file
-
-from conftest import scan_sample
+from audit.store import db
 
 runner = CliRunner()
 NAME = "relabel-sample"  # its own copy of the sample photos: other tests keep theirs untouched
@@ -125,8 +124,8 @@ def test_marks_made_in_the_app_are_applied(dataset):
     tower = label_of(dataset, "china_tower.jpg")
     lake = label_of(dataset, "china_lake.jpg")
     with pytest.raises(RelabelError, match="not an ImageNet class"):
-        mark_samples(dataset, [tower.id], "relabel", "bell cotte")
-    assert mark_samples(dataset, [tower.id], "relabel", "bell cote") == 1
+        mark_samples(dataset, [tower.id], "relabel", new_label="bell cotte")
+    assert mark_samples(dataset, [tower.id], "relabel", new_label="bell cote") == 1
     assert mark_samples(dataset, [lake.id], "label_ok") == 1
     result = runner.invoke(app, ["relabel", NAME, "--from-app"])
     assert result.exit_code == 0, result.output

@@ -4,14 +4,13 @@ import base64
 import re
 
 import pytest
+from conftest import scan_sample
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit import names
 from audit.cli import app
 from audit.review.report import build_report, summary_figures
-
-from conftest import scan_sample
+from audit.store import db
 
 runner = CliRunner()
 NAME = "report-sample"

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import cv2
 import pytest
-
-from audit.store import db
-from audit import names
-from audit.store.lock import LockError, ScanLock, _collection, held_locks
-
 from conftest import SAMPLE_DATA
+
+from audit import names
+from audit.store import db
+from audit.store.lock import LockError, ScanLock, _collection, held_locks
 
 N_IMAGES = 72
 AUDIT = str(Path(sys.executable).parent / "audit")
@@ -247,10 +246,10 @@ def test_a_second_load_of_a_dataset_waits_for_the_first():
 
 def test_shards_partition_the_samples_and_pages_stream_them(embedded_model, monkeypatch, tmp_path):
     import audit.scan.pending as pending
-    from audit.scan.options import ScanOptions
-    from audit.scan.run import scan
     from audit.data.csvfile import read_csv
     from audit.data.ingest import ingest
+    from audit.scan.options import ScanOptions
+    from audit.scan.run import scan
 
     photos = sorted(SAMPLE_DATA.glob("*.jpg"))[:9]
     table = tmp_path / "few.csv"
@@ -260,15 +259,15 @@ def test_shards_partition_the_samples_and_pages_stream_them(embedded_model, monk
     counts = []
     for index in (1, 2, 3):
         options = ScanOptions(workers=0, batch_size=4, shard=(index, 3))
-        summary = scan(dataset, embedded_model, options)
+        summary = scan(dataset, embedded_model, options=options)
         counts.append(summary.scanned)
         assert summary.write_seconds > 0 or summary.scanned == 0
     assert sum(counts) == len(photos) and max(counts) < len(photos)
     assert len(dataset.exists(names.DONE)) == len(photos)
-    again = scan(dataset, embedded_model, ScanOptions(workers=0, batch_size=4))
+    again = scan(dataset, embedded_model, options=ScanOptions(workers=0, batch_size=4))
     assert (again.scanned, again.skipped) == (0, len(photos))
-    limited = scan(dataset, embedded_model, ScanOptions(workers=0, restart=True, limit=3))
+    limited = scan(dataset, embedded_model, options=ScanOptions(workers=0, restart=True, limit=3))
     assert limited.scanned == 3
     assert len(dataset.exists(names.DONE)) == len(photos)  # the restarted ones are done again, the others untouched
     view = dataset.select(dataset.values("id")[-2:])  # a view, as the App's plugin passes
-    assert scan(view, embedded_model, ScanOptions(workers=0, restart=True)).scanned == 2
+    assert scan(view, embedded_model, options=ScanOptions(workers=0, restart=True)).scanned == 2

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_bad_inputs import run_audit
 
 NAME = "review-program"  # its own copy of the sample photos

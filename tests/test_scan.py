@@ -9,13 +9,12 @@ from pathlib import Path
 
 import cv2
 import pytest
+from conftest import SAMPLE_DATA
 from typer.testing import CliRunner
 
-from audit.store import db
 from audit import names
 from audit.cli import app
-
-from conftest import SAMPLE_DATA
+from audit.store import db
 
 runner = CliRunner()
 

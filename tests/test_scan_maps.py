@@ -6,14 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE_DATA
 from PIL import Image
+from synthetic_images import espresso_cup, make_dataset, noise_canvas, paste
 
 from audit import names
 from audit.scan.options import ScanOptions
 from audit.scan.run import scan
-
-from conftest import SAMPLE_DATA
-from synthetic_images import espresso_cup, make_dataset, noise_canvas, paste
 
 PHOTOS = {"chelsea.jpg": "tiger cat", "rocket.jpg": "missile",  # predicted as labelled
           "coffee.jpg": "tripod", "camera.jpg": "espresso"}  # labelled wrong on purpose
@@ -25,7 +24,7 @@ def scanned_photos(embedded_model, tmp_path_factory):
     """The photos of PHOTOS scanned with the default options: name -> sample."""
     dataset = make_dataset("maps", [(SAMPLE_DATA / name, label) for name, label in PHOTOS.items()],
                            tmp_path_factory.mktemp("maps"))
-    assert scan(dataset, embedded_model, ScanOptions(workers=0)).scanned == len(PHOTOS)
+    assert scan(dataset, embedded_model, options=ScanOptions(workers=0)).scanned == len(PHOTOS)
     return {Path(sample.filepath).name: sample for sample in dataset}
 
 
@@ -77,10 +76,10 @@ def test_all_boxes_gives_a_box_for_each_of_two_objects_far_apart(embedded_model,
     Image.fromarray(canvas).save(path, quality=92)
     dataset = make_dataset("two-cups", [(path, "espresso")], tmp_path)
 
-    scan(dataset, embedded_model, ScanOptions(workers=0))
+    scan(dataset, embedded_model, options=ScanOptions(workers=0))
     assert len(dataset.first()[names.EIGENCAM_BOX].detections) == 1
 
-    assert scan(dataset, embedded_model, ScanOptions(workers=0, all_boxes=True)).scanned == 1  # other settings: redone
+    assert scan(dataset, embedded_model, options=ScanOptions(workers=0, all_boxes=True)).scanned == 1  # other settings: redone
     boxes = []
     for detection in dataset.first()[names.EIGENCAM_BOX].detections:
         x, y, w, h = detection.bounding_box

@@ -10,6 +10,7 @@ import torch
 from audit.data.classes import imagenet_names
 from audit.scan.evidence import ModelEvidence, SampleEvidence, sample_signals
 from audit.score.policy import consensus, for_new_label, judge
+from audit.signals import Signals
 
 NAMES = imagenet_names()
 TABBY, ESPRESSO, TRIPOD = (NAMES.index(n) for n in ("tabby", "espresso", "tripod"))
@@ -121,7 +122,8 @@ def test_unreadable_and_unknown_labels(signals):
 
 
 def together(signals: dict) -> dict:
-    return consensus(signals, signals["views"])
+    read = Signals.read(signals)
+    return consensus(read, read.views).stored()
 
 
 def test_the_labels_evidence_crop_testifies_only_for_the_label(signals):

@@ -7,13 +7,13 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from audit.store import db
 from audit import names
 from audit.data.csvfile import read_csv
 from audit.data.folders import read_folder
 from audit.data.ingest import ingest, known_filepaths
 from audit.data.records import Record, SourceError
 from audit.data.sample import read_sample
+from audit.store import db
 
 SOURCES = ("imagenet-val", "folder", "csv", "fiftyone", "sample")
 
@@ -25,7 +25,7 @@ def default_name(source: str, root: str | None) -> str:
     return root if source == "fiftyone" else Path(root).resolve().stem
 
 
-def open_source(source: str, root: str | None = None, name: str | None = None, labels: str | None = None,
+def open_source(source: str, *, root: str | None = None, name: str | None = None, labels: str | None = None,
                 label_field: str = names.GROUND_TRUTH, layout: str | None = None, limit: int | None = None,
                 warn: Callable[[str], None] = print, boxes: str | None = None):
     """The persistent dataset for a source (ingesting what is new); returns (dataset, added).
@@ -47,7 +47,7 @@ def open_source(source: str, root: str | None = None, name: str | None = None, l
         _require(root, "--root DIR")
         records = read_folder(Path(root), Path(labels) if labels else None, warn)
     else:
-        from audit.data.imagenet import read_imagenet
+        from audit.data.imagenet import read_imagenet  # here: scipy (meta.mat) loads only for ImageNet
 
         root = root or os.environ.get("IMAGENET_ROOT")
         _require(root, "--root PATH (or $IMAGENET_ROOT)")

@@ -25,11 +25,11 @@ from bson import ObjectId
 from fiftyone.core.odm.sample import _generate_rand
 from PIL import ExifTags, Image
 
-from audit.store import db
 from audit import names
+from audit.boxformat import to_relative
 from audit.data.classes import imagenet_names, imagenet_wnids, resolve_imagenet_label
 from audit.data.records import Record, SourceError
-from audit.boxformat import to_relative
+from audit.store import db
 
 fo = db.fo
 INSERT_BATCH = 2000  # samples a database write

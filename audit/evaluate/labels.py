@@ -14,19 +14,20 @@ from audit import names
 from audit.data.classes import resolve_imagenet_label
 from audit.evaluate.truth import Truth, TruthError, read_truth
 from audit.score.policy import CONFIDENT, judge, normalised_margin_score
+from audit.signals import Distribution, Signals
 
 PRECISION_AT = (10, 25, 50)
 
 
-def self_confidence(signals: dict) -> float:
+def self_confidence(distribution: Distribution) -> float:
     """Baseline: 1 - p(given); higher = more suspect (cleanlab's self_confidence, inverted)."""
-    return 1.0 - signals["given_prob"]
+    return 1.0 - distribution.given_prob
 
 
-def normalized_margin(signals: dict) -> float:
+def normalized_margin(distribution: Distribution) -> float:
     """Baseline: (1 - (p(given) - max p(other))) / 2 of the whole image; higher = more suspect
     (cleanlab's normalized_margin, inverted)."""
-    return normalised_margin_score(signals)
+    return normalised_margin_score(distribution)
 
 
 BASELINES = {"self_confidence": self_confidence, "normalized_margin": normalized_margin}
@@ -57,16 +58,17 @@ def evaluate_labels(dataset, truth_path: Path) -> dict:
     judged = [row for row in zip(*columns) if truth.judges(Path(row[0]).stem)]
     if not any(Path(row[0]).stem in truth.verdicts for row in judged):
         raise TruthError(f"no sample of '{dataset.name}' is named in {truth_path} (matched by file name)")
-    filepaths, signals, scores, categories, suggested = (list(c) for c in zip(*judged))
+    filepaths, stored, scores, categories, suggested = (list(c) for c in zip(*judged))
+    signals = [Signals.read(s) for s in stored]
     stems = [Path(p).stem for p in filepaths]
     is_error = np.array([truth.is_error(stem) for stem in stems])
     report = {"n": len(stems), "n_errors": int(is_error.sum()), "n_candidates": sum(s in truth.verdicts for s in stems),
               **ranking_figures(is_error, np.array(scores, dtype=float))}
-    report["baselines"] = {name: ranking_figures(is_error, np.array([f(s) for s in signals]))
+    report["baselines"] = {name: ranking_figures(is_error, np.array([f(s.whole_image()) for s in signals]))
                            for name, f in BASELINES.items()}
-    members = signals[0].get("models", {})
+    members = signals[0].models or {}
     if members:
-        report["per_model"] = {model: {name: ranking_figures(is_error, np.array([f(s["models"][model]) for s in signals]))
+        report["per_model"] = {model: {name: ranking_figures(is_error, np.array([f(s.models[model]) for s in signals]))
                                        for name, f in BASELINES.items()} for model in members}
     # The ablation: the same scoring without the explanation-guided second opinions.
     without_views = np.array([judge(s, use_views=False).mislabel_score for s in signals])
@@ -81,11 +83,11 @@ def evaluate_labels(dataset, truth_path: Path) -> dict:
     return report
 
 
-def suggestion_figures(stems: list[str], signals: list[dict], suggested: list[str | None], truth: Truth) -> dict:
+def suggestion_figures(stems: list[str], signals: list[Signals], suggested: list[str | None], truth: Truth) -> dict:
     """Among the label errors whose fix the humans named: how many get a ``suggested_label`` at all
     (``offered``), how many get the humans' label (``suggested_label``; one of theirs where they gave
     several), and how many the model's top-1 would get right (``model_top1``, the baseline)."""
-    rows = [(suggested[i], signals[i]["pred_label"], truth.human_labels[stem])
+    rows = [(suggested[i], signals[i].pred_label, truth.human_labels[stem])
             for i, stem in enumerate(stems) if truth.is_error(stem) and stem in truth.human_labels]
     return {"n": len(rows), "offered": sum(s is not None for s, _, _ in rows),
             "suggested_label": sum(_same_class(s, humans) for s, _, humans in rows),
@@ -99,19 +101,19 @@ def _same_class(label: str | None, humans: set[str]) -> bool:
     return label in humans or (index is not None and index in {resolve_imagenet_label(h) for h in humans})
 
 
-def top1_margin(signals: dict) -> float:
+def top1_margin(signals: Signals) -> float:
     """The whole image's top-1 probability minus its runner-up's; lower = a closer call."""
-    probs = signals.get("top_probs") or [signals["pred_prob"]]
+    probs = signals.top_probs or [signals.pred_prob]
     return probs[0] - (probs[1] if len(probs) > 1 else 0.0)
 
 
 AMBIGUITY_SIGNALS = {
-    "second component's share": lambda s: (s.get("cam_variance_ratio") or [0, 0])[1],
+    "second component's share": lambda s: (s.cam_variance_ratio or [0, 0])[1],
     "close call (1 - top-1 margin)": lambda s: 1.0 - top1_margin(s),
 }
 
 
-def ambiguous_figures(stems: list[str], signals: list[dict], categories: list[str], truth: Truth) -> dict:
+def ambiguous_figures(stems: list[str], signals: list[Signals], categories: list[str], truth: Truth) -> dict:
     """``ambiguous`` against the images the truth calls multi-label: its precision and recall, those
     of the baseline that flags as many images by the smallest top-1 margin alone, and the AUROC of
     each signal the category rests on (``signals``; 0.5 = chance)."""
@@ -134,25 +136,25 @@ def _precision_recall(truth: np.ndarray, called: np.ndarray) -> dict:
             "recall": hits / int(truth.sum()) if truth.any() else 0.0}
 
 
-def model_agreed_errors(is_error: np.ndarray, signals: list[dict]) -> dict:
+def model_agreed_errors(is_error: np.ndarray, signals: list[Signals]) -> dict:
     """The label errors whose given label is the model's own top-1 (``errors``): a ranking built on
     this model's probabilities cannot lift them above the many samples it disputes.
     ``auroc_disputed_first``: the AUROC if every other label error came first and these stayed where
     the normalised margin puts them, what such a ranking can be expected to reach at best."""
-    agreed = np.array([s["pred_index"] == s["given_index"] for s in signals]) & is_error
-    margin = np.array([normalized_margin(s) for s in signals])
+    agreed = np.array([s.pred_index == s.given_index for s in signals]) & is_error
+    margin = np.array([normalized_margin(s.whole_image()) for s in signals])
     disputed_first = np.where(is_error & ~agreed, 2.0, margin)
     return {"errors": int(agreed.sum()), "auroc_disputed_first": float(roc_auc_score(is_error, disputed_first))}
 
 
-def separation(stems: list[str], signals: list[dict], categories: list[str], truth: Truth) -> dict:
+def separation(stems: list[str], signals: list[Signals], categories: list[str], truth: Truth) -> dict:
     """Among the verified candidates the model misclassifies (top-1 is not the given label): how
     well "label error" is told from "the label is fine, the classifier failed", as balanced
     accuracy (0.5 = chance, 1 = perfect), by the category (``suspected_mislabel`` = label error)
     and by a confidence threshold on the prediction (at score.CONFIDENT, and at the threshold
     that is best in hindsight on these very samples, an upper bound for any threshold)."""
-    rows = [(truth.is_error(stem), categories[i] == names.SUSPECTED_MISLABEL, signals[i]["pred_prob"])
-            for i, stem in enumerate(stems) if stem in truth.verdicts and signals[i]["pred_index"] != signals[i]["given_index"]]
+    rows = [(truth.is_error(stem), categories[i] == names.SUSPECTED_MISLABEL, signals[i].pred_prob)
+            for i, stem in enumerate(stems) if stem in truth.verdicts and signals[i].pred_index != signals[i].given_index]
     if not rows:
         return {"n": 0}
     errors = np.array([r[0] for r in rows])

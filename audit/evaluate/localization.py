@@ -13,14 +13,14 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from audit.store import db
 from audit import names
+from audit.boxformat import to_corners
 from audit.errors import AuditError
 from audit.explain import box_iou, boxes_from_map, eigen_cam, eigen_salience, fuse, grad_cam, map_to_image, normalise_maps
-from audit.boxformat import to_corners
 from audit.explain.boxes import DEFAULT_THRESHOLD
 from audit.images import open_rgb
 from audit.models.registry import AuditModel
+from audit.store import db
 
 THRESHOLDS = (0.05, 0.10, 0.15, 0.20, 0.25, 0.30, 0.40)
 METHODS = ("eigencam", "fused", "gradcam")
@@ -44,7 +44,7 @@ def _maps(model: AuditModel, images: torch.Tensor) -> tuple[dict[str, torch.Tens
     return maps, predicted
 
 
-def evaluate_localization(dataset, model: AuditModel, iou: float = 0.5, batch_size: int = 16,
+def evaluate_localization(dataset, model: AuditModel, *, iou: float = 0.5, batch_size: int = 16,
                           progress: Progress | None = None) -> dict:
     """GT-known and top-1 localization error (%) per method and threshold; the headline figures
     use Eigen-CAM at the scan's default threshold."""

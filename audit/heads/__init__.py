@@ -1,1 +1,2 @@
-"""What judges the labels: which head (`choice`), a head fitted on the embeddings (`fitted`), the neighbours' vote (`neighbours`)."""
+"""What judges the labels: which head (`choice`), a head fitted on the embeddings (`fitted`), and the
+neighbours' vote (`neighbours`)."""

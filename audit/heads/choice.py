@@ -15,10 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from audit.store import db
 from audit.errors import OptionError
-from audit.models.registry import model_class_index
-from audit.models.registry import AuditModel
+from audit.models.registry import AuditModel, model_class_index
+from audit.store import db
 
 HEADS = ("auto", "model", "fit")
 MODEL_LABEL_SET_SOURCES = ("imagenet-val", "sample")  # sources labelled in the model's own classes

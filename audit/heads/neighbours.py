@@ -14,6 +14,8 @@ from collections import Counter
 
 import numpy as np
 
+from audit.signals import Duplicate, NeighbourVote
+
 K = 10
 # Cosine at or above which two photos are the same picture: on imagenette (EfficientNet-Lite0), a
 # photo's mirror image, its 90 % crop or a brightness change reach 0.93-0.97 (a tenth of them less),
@@ -52,20 +54,20 @@ def votes(embeddings: np.ndarray, labels: list[str | None], filepaths: list[str]
     k = max(1, min(k, sizes[len(sizes) // 2] - 1)) if sizes else k
     indices, similarity = nearest(embeddings, k)
     alike_mean = similarity.mean(axis=1) if similarity.shape[1] else np.zeros(len(similarity))
-    unlike = (len(alike_mean) - 1 - np.argsort(np.argsort(alike_mean, kind="stable"), kind="stable")) / max(len(alike_mean) - 1, 1)
+    rank = np.argsort(np.argsort(alike_mean, kind="stable"), kind="stable")
+    unlike = (len(alike_mean) - 1 - rank) / max(len(alike_mean) - 1, 1)
     result = []
     for row, (neighbours, alike) in enumerate(zip(indices, similarity)):
         own = labels[row]
         voters = [labels[i] for i in neighbours if labels[i] is not None]
         counts = Counter(voters)
         label, count = counts.most_common(1)[0] if counts else (None, 0)
-        vote = {"k": len(voters), "other_share": (sum(v != own for v in voters) / len(voters)) if voters else 0.0,
-                "label": label, "label_share": count / len(voters) if voters else 0.0,
-                "similarity": float(alike_mean[row]), "unlike": float(unlike[row])}
         twin = next((i for i, s in zip(neighbours, alike) if s >= DUPLICATE_SIMILARITY and labels[i] != own
                      and labels[i] is not None), None)
-        if twin is not None:
-            vote["duplicate"] = {"filepath": filepaths[twin], "label": labels[twin],
-                                 "similarity": float(similarity[row][list(neighbours).index(twin)])}
-        result.append(vote)
+        duplicate = None if twin is None else Duplicate(
+            filepath=filepaths[twin], label=labels[twin], similarity=float(similarity[row][list(neighbours).index(twin)]))
+        result.append(NeighbourVote(
+            k=len(voters), other_share=(sum(v != own for v in voters) / len(voters)) if voters else 0.0, label=label,
+            label_share=count / len(voters) if voters else 0.0, similarity=float(alike_mean[row]),
+            unlike=float(unlike[row]), duplicate=duplicate).stored())
     return result

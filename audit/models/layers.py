@@ -56,7 +56,8 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
     try:
         return model.get_submodule(name)
     except AttributeError:
-        raise ModelError(f"no module named '{name}' in the model; `--layer` takes a module name as `print(model)` shows it (e.g. 'layer4')") from None
+        raise ModelError(f"no module named '{name}' in the model; `--layer` takes a module name as "
+                         "`print(model)` shows it (e.g. 'layer4')") from None
 
 
 class FeatureForward:

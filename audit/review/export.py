@@ -12,8 +12,8 @@ from pathlib import Path
 from audit import names
 from audit.errors import AuditError
 from audit.review.labelstudio import LabelStudioFolders, labelstudio_folders, labelstudio_tasks
-from audit.store.outfile import atomic_output, check_output
 from audit.score.triage import ranked_rows
+from audit.store.outfile import atomic_output, check_output
 
 FORMATS = ("csv", "json", "jsonl", "labelstudio")
 COLUMNS = ("sample_id", "filepath", "given_label", "predicted_label", "predicted_confidence", "suggested_label",
@@ -24,7 +24,7 @@ class ExportError(AuditError):
     """The export could not be written; one line."""
 
 
-def export_rows(dataset, category: str | None = None, top: int | None = None, everything: bool = False) -> list[dict]:
+def export_rows(dataset, *, category: str | None = None, top: int | None = None, everything: bool = False) -> list[dict]:
     """Rows in the export's column order, highest mislabel_score first."""
     rows = []
     for row in ranked_rows(dataset, category=category, top=top, everything=everything):
@@ -66,7 +66,7 @@ class Exported:
     labelstudio: LabelStudioFolders | None = None
 
 
-def export_dataset(dataset, out: Path, fmt: str = "csv", category: str | None = None, top: int | None = None,
+def export_dataset(dataset, out: Path, *, fmt: str = "csv", category: str | None = None, top: int | None = None,
                    everything: bool = False, overwrite: bool = False, document_root: Path | None = None,
                    prefill_marks: bool = False) -> Exported:
     """Write the relabel list of a dataset or a view (``audit export``). ``prefill_marks`` fills

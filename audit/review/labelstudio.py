@@ -17,7 +17,7 @@ class LabelStudioError(AuditError):
 
 
 # Label Studio: the project's labelling interface. Choices come from each task (the given label, our
-# suggestion, the model's top 5); a free-text box takes any other label. Shown in the README.
+# suggestion, the model's top 5); a free-text box takes any other label. Shown in docs/relabelling.md.
 LABEL_STUDIO_CONFIG = """<View>
   <Image name="image" value="$image" zoom="true"/>
   <Header value="$summary"/>

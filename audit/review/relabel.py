@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from audit.store import db
 from audit import names
-from audit.errors import AuditError
-from audit.heads.choice import FIT, head_kind
 from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.data.ingest import ground_truth_label
-from audit.store.lock import LockError, ScanLock
+from audit.errors import AuditError
+from audit.heads.choice import FIT, head_kind
 from audit.review.labelstudio import labelstudio_answer
 from audit.score.triage import rescore
+from audit.store import db
+from audit.store.lock import LockError, ScanLock
 
 APP_MARKS = "app-marks"  # the ``source`` of changes applied from the App's marks
 
@@ -296,7 +296,7 @@ def _who() -> str:
         return "unknown"
 
 
-def relabel_from_file(dataset, path: Path, allow_new_labels: bool = False, skip_invalid: bool = False,
+def relabel_from_file(dataset, path: Path, *, allow_new_labels: bool = False, skip_invalid: bool = False,
                       dry_run: bool = False) -> RelabelResult:
     """Apply the corrected labels of a relabel list. With problems and not ``skip_invalid``, nothing
     is written and ``result.problems`` says why (``applied`` False)."""
@@ -320,8 +320,9 @@ def _relabel(dataset, corrections, skipped: int, source: str, allow_new_labels: 
         result.changed = _apply(dataset, planned.changes, source, planned.imagenet)
         if after_apply:
             after_apply(planned)
-        if result.changed and dataset.has_sample_field(names.SIGNALS):  # no stale verdict: judged at once for the new label (see audit.score.policy.for_new_label)
-            rescore(dataset, [change["sample_id"] for change in result.changed])
+        # no stale verdict: judged at once for the new label (see audit.score.policy.for_new_label)
+        if result.changed and dataset.has_sample_field(names.SIGNALS):
+            rescore(dataset, sample_ids=[change["sample_id"] for change in result.changed])
     result.applied = True
     return result
 
@@ -329,7 +330,7 @@ def _relabel(dataset, corrections, skipped: int, source: str, allow_new_labels: 
 # ------------------------------------------------------------------------------------------ marks
 
 
-def mark_samples(dataset, sample_ids: list[str], verdict: str, new_label: str | None = None,
+def mark_samples(dataset, sample_ids: list[str], verdict: str, *, new_label: str | None = None,
                  allow_new_labels: bool = False) -> int:
     """Mark samples as reviewed in the App: ``relabel`` (with the corrected label, when given) or
     ``label_ok``. A corrected label is checked like a file's. Returns how many samples were marked."""
@@ -365,7 +366,7 @@ def marked_corrections(dataset) -> tuple[list[Correction], int]:
     return corrections, sum(1 for t in targets if not t)
 
 
-def relabel_from_marks(dataset, allow_new_labels: bool = False, skip_invalid: bool = False,
+def relabel_from_marks(dataset, *, allow_new_labels: bool = False, skip_invalid: bool = False,
                        dry_run: bool = False) -> RelabelResult:
     """Apply the corrected labels marked in the App (tag ``relabel`` + ``relabel_to``); applied marks
     become the tag ``relabeled``. Samples marked without a corrected label are counted in ``skipped``."""

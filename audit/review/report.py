@@ -14,12 +14,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from audit.errors import AuditError
-from audit.store.outfile import atomic_output, check_output
-from audit.store import db
 from audit import names
-from audit.review.render import overlay
+from audit.errors import AuditError
 from audit.review.relabel import marks_summary
+from audit.review.render import overlay
+from audit.signals import Signals
+from audit.store import db
+from audit.store.outfile import atomic_output, check_output
 
 CATEGORY_MEANING = {
     names.SUSPECTED_MISLABEL: "the model is confident in another class and sees no evidence for the label",
@@ -138,7 +139,7 @@ def _card(rank: int, sample, label_field: str, max_side: int) -> str:
         given_map = sample[names.GRADCAM_GIVEN] if sample.has_field(names.GRADCAM_GIVEN) else None
         if given_map is not None and prediction is not None and prediction.label != given:
             evidence = _jpeg_data_uri(overlay(sample.filepath, given_map.map, {}, max_side=max_side))
-            given_prob = (sample[names.SIGNALS] or {}).get("given_prob")
+            given_prob = Signals.read(sample[names.SIGNALS] or {}).given_prob
             strength = "" if given_prob is None else f", p = {given_prob:.3f}"
             pictures += (f'<figure><img src="{evidence}" alt="Grad-CAM of the given label"><figcaption>where '
                          f'the model sees most of \'{html.escape(given)}\' (Grad-CAM{strength})</figcaption></figure>')
@@ -174,7 +175,8 @@ h1{font-size:24px;margin:0 0 4px} h2{font-size:18px;margin:28px 0 10px}
 .bar{height:12px;border-radius:3px}.meaning{color:#666;font-size:12px;max-width:230px}
 .badge{display:inline-block;color:#fff;border-radius:10px;padding:1px 9px;font-size:12px;white-space:nowrap}
 .card{display:flex;gap:18px;background:#fff;border:1px solid #e2e2e2;border-radius:8px;padding:14px;margin:0 0 14px}
-.pics{display:flex;gap:10px;flex:none}.pics figure{margin:0}.pics img{display:block;max-width:210px;max-height:210px;border-radius:4px}
+.pics{display:flex;gap:10px;flex:none}.pics figure{margin:0}
+.pics img{display:block;max-width:210px;max-height:210px;border-radius:4px}
 figcaption{color:#666;font-size:12px;margin-top:3px;max-width:210px}
 .facts{min-width:0}.title{font-weight:600;font-size:16px;margin-bottom:6px}.rank{color:#999}
 .kv th{text-align:left;color:#666;font-weight:normal;padding:1px 12px 1px 0}.kv td{padding:1px 0}
@@ -222,7 +224,7 @@ def build_report(collection, top: int = 25, max_side: int = 210, title: str | No
     return "".join(parts)
 
 
-def write_report(collection, out: Path, top: int = 25, overwrite: bool = False, max_side: int = 210) -> int:
+def write_report(collection, out: Path, *, top: int = 25, overwrite: bool = False, max_side: int = 210) -> int:
     """Write the report atomically (never over an existing file unless ``overwrite``); returns the
     number of flagged samples shown."""
     out = Path(out)

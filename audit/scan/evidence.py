@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypedDict
 
@@ -14,7 +14,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from audit.store import db
 from audit import names, settings
 from audit.boxformat import to_corners, to_relative
 from audit.explain import (
@@ -29,7 +28,8 @@ from audit.explain import (
 )
 from audit.images import open_rgb
 from audit.models.registry import AuditModel
-from audit.signals import normalised_margin
+from audit.signals import Distribution, Signals, normalised_margin
+from audit.store import db
 
 TOP_K = 5
 CROP_PAD = 0.1  # a crop for a second opinion is grown by this share of the box on each side
@@ -297,20 +297,31 @@ def _decode_again(filepath: str, min_side: int) -> Image.Image | None:
 # --- signals and fields ------------------------------------------------------------------------------
 
 
-def distribution_signals(probabilities: torch.Tensor, given_index: int | None, classes) -> dict:
+def distribution_signals(probabilities: torch.Tensor, given_index: int | None, classes) -> Distribution:
     """Top class and probability of a distribution, its ``top`` DISTRIBUTION_TOP_K [class, probability]
     pairs, and the given class's probability, rank and the best other class's probability (what the
     normalised margin needs)."""
     top_prob, top_index = probabilities.max(0)
     probs, indices = probabilities.topk(min(DISTRIBUTION_TOP_K, len(probabilities)))
-    signals = {"top_label": classes[int(top_index)], "top_index": int(top_index), "top_prob": float(top_prob),
-               "top": [[classes[i], float(p)] for i, p in zip(indices.tolist(), probs)]}
-    if given_index is not None:
-        others = probabilities.clone()
-        others[given_index] = -1.0
-        signals.update(given_prob=float(probabilities[given_index]), max_other_prob=float(others.max()),
-                       given_rank=int((probabilities > probabilities[given_index]).sum()) + 1)
-    return signals
+    distribution = Distribution(top_label=classes[int(top_index)], top_index=int(top_index), top_prob=float(top_prob),
+                                top=[[classes[i], float(p)] for i, p in zip(indices.tolist(), probs)])
+    if given_index is None:
+        return distribution
+    others = probabilities.clone()
+    others[given_index] = -1.0
+    return replace(distribution, given_prob=float(probabilities[given_index]), max_other_prob=float(others.max()),
+                   given_rank=int((probabilities > probabilities[given_index]).sum()) + 1)
+
+
+def whole_image_signals(whole: Distribution, given_label: str | None, given_index: int | None, classes) -> Signals:
+    """The whole image's part of the signals: the head's prediction, its top classes (``top_labels``/
+    ``top_probs``: TOP_K; ``top``: DISTRIBUTION_TOP_K pairs) and the given label's standing
+    (``given_class``: its name among the head's classes)."""
+    return Signals(pred_index=whole.top_index, pred_label=whole.top_label, pred_prob=whole.top_prob,
+                   top_labels=[label for label, _ in whole.top[:TOP_K]], top_probs=[p for _, p in whole.top[:TOP_K]],
+                   top=whole.top[:DISTRIBUTION_TOP_K], given_label=given_label, given_index=given_index,
+                   given_class=None if given_index is None else classes[given_index], given_prob=whole.given_prob,
+                   max_other_prob=whole.max_other_prob, given_rank=whole.given_rank)
 
 
 def agreement_signals(results: list[ModelEvidence], ensemble_top: int) -> dict:
@@ -325,7 +336,7 @@ def agreement_signals(results: list[ModelEvidence], ensemble_top: int) -> dict:
 
 
 def in_set_signals(probabilities: torch.Tensor, label_set_indices: list[int], given_index: int,
-                   classes: list[str]) -> dict:
+                   classes: list[str]) -> Distribution:
     """The whole image's standing among the dataset's classes only (the model's probabilities
     renormalised over them): the label's probability, the best other's, and which that is."""
     in_set = probabilities[label_set_indices]
@@ -334,51 +345,45 @@ def in_set_signals(probabilities: torch.Tensor, label_set_indices: list[int], gi
     others = in_set.clone()
     others[given] = -1.0
     best = int(others.argmax())
-    return {"given_prob": float(in_set[given]), "max_other_prob": float(others[best]),
-            "top_other": classes[label_set_indices[best]]}
+    return Distribution(given_prob=float(in_set[given]), max_other_prob=float(others[best]),
+                        top_other=classes[label_set_indices[best]])
 
 
 def sample_signals(models: list[AuditModel], sample: SampleEvidence, given_label: str | None,
                    given_index: int | None, label_set_indices: list[int] | None = None) -> dict:
-    """What the scoring reads (``audit_signals``): the prediction (the ensemble's mean probability
-    when several models), its top classes (``top_labels``/``top_probs``: 5; ``top``: DISTRIBUTION_TOP_K
-    pairs) and the given label's standing (``given_class``: its name among the model's classes); the
-    first model's Eigen-CAM figures and class-map shares; per second-opinion view the same in short
-    (``views``, averaged over the models), from which the scoring forms its consensus; with several
-    models, each model's own standing (``models``) and their agreement. With ``label_set_indices``
-    (the model's indices of the dataset's classes, when it uses some of them only), ``outside_prob``:
-    the probability the whole image puts on classes outside the dataset's (high = none of them fits),
-    and ``in_set``: the label's standing among the dataset's classes alone (`in_set_signals`)."""
+    """What the scoring reads (``audit_signals``, as stored; see `audit.signals.Signals`): the
+    prediction (the ensemble's mean probability when several models) and the given label's standing
+    (`whole_image_signals`); the first model's Eigen-CAM figures and class-map shares; per
+    second-opinion view the same in short (``views``, averaged over the models), from which the
+    scoring forms its consensus; with several models, each model's own standing (``models``) and their
+    agreement. With ``label_set_indices`` (the model's indices of the dataset's classes, when it uses
+    some of them only), ``outside_prob``: the probability the whole image puts on classes outside the
+    dataset's (high = none of them fits), and ``in_set``: the label's standing among the dataset's
+    classes alone (`in_set_signals`)."""
     classes = models[0].classes
     results, first = sample.results, sample.results[0]
     probabilities = torch.stack([r.probabilities for r in results]).mean(0)
     whole = distribution_signals(probabilities, given_index, classes)
-    signals = {
-        "pred_index": whole["top_index"], "pred_label": whole["top_label"], "pred_prob": whole["top_prob"],
-        "top_labels": [label for label, _ in whole["top"][:TOP_K]], "top_probs": [p for _, p in whole["top"][:TOP_K]],
-        "given_label": given_label, "given_index": given_index, "top": whole["top"],
-        "given_class": None if given_index is None else classes[given_index],
-        **{k: whole[k] for k in ("given_prob", "max_other_prob", "given_rank") if k in whole},
-        "cam_variance_ratio": first.variance_ratio, "visible_fraction": first.visible_fraction,
-        "cam_box_area": first.boxes[0][2] * first.boxes[0][3] if first.boxes else 0.0,
-    }
-    if label_set_indices:
-        signals["outside_prob"] = max(0.0, 1.0 - float(probabilities[label_set_indices].sum()))
-        if given_index in label_set_indices and len(label_set_indices) > 1:
-            signals["in_set"] = in_set_signals(probabilities, label_set_indices, given_index, classes)
-    if first.boxes and first.second_object_box:  # 1: the second component points where the first does
-        signals["second_object_iou"] = float(box_iou(to_corners(first.second_object_box), [to_corners(first.boxes[0])])[0])
-    if first.on_object:
-        signals["class_map_on_object"] = first.on_object
     views = {name: torch.stack([v[name] for v in sample.views if name in v]).mean(0)
              for name in VIEWS if any(name in v for v in sample.views)}
-    if views:
-        signals["views"] = {name: distribution_signals(p, given_index, classes) for name, p in views.items()}
+    own_classes = bool(label_set_indices)
+    signals = replace(
+        whole_image_signals(whole, given_label, given_index, classes),
+        cam_variance_ratio=first.variance_ratio, visible_fraction=first.visible_fraction,
+        cam_box_area=first.boxes[0][2] * first.boxes[0][3] if first.boxes else 0.0,
+        outside_prob=max(0.0, 1.0 - float(probabilities[label_set_indices].sum())) if own_classes else None,
+        in_set=in_set_signals(probabilities, label_set_indices, given_index, classes)
+        if own_classes and given_index in label_set_indices and len(label_set_indices) > 1 else None,
+        # 1: the second component points where the first does
+        second_object_iou=float(box_iou(to_corners(first.second_object_box), [to_corners(first.boxes[0])])[0])
+        if first.boxes and first.second_object_box else None,
+        class_map_on_object=first.on_object or None,
+        views={name: distribution_signals(p, given_index, classes) for name, p in views.items()} or None)
     if len(models) > 1:
-        signals["models"] = {field_suffix(m): distribution_signals(r.probabilities, given_index, classes)
-                             for m, r in zip(models, results)}
-        signals.update(agreement_signals(results, whole["top_index"]))
-    return signals
+        signals = replace(signals, models={field_suffix(m): distribution_signals(r.probabilities, given_index, classes)
+                                           for m, r in zip(models, results)},
+                          **agreement_signals(results, whole.top_index))
+    return signals.stored()
 
 
 def sample_fields(models: list[AuditModel], sample: SampleEvidence, given_label: str | None, given_index: int | None,
@@ -391,8 +396,9 @@ def sample_fields(models: list[AuditModel], sample: SampleEvidence, given_label:
     (``embeddings``, ``embeddings_<model>`` for the others)."""
     signals = sample_signals(models, sample, given_label, given_index, label_set_indices)
     results = sample.results
+    whole = distribution_signals(torch.stack([r.probabilities for r in results]).mean(0), None, models[0].classes)
     fields = {
-        names.PREDICTIONS: db.fo.Classification(label=signals["pred_label"], confidence=signals["pred_prob"]),
+        names.PREDICTIONS: db.fo.Classification(label=whole.top_label, confidence=whole.top_prob),
         names.SIGNALS: signals,
         names.ERROR: None,
         **_map_fields(results[0], map_paths[0], ""),
@@ -408,7 +414,7 @@ def sample_fields(models: list[AuditModel], sample: SampleEvidence, given_label:
         for index, (model, result) in enumerate(zip(models, results)):
             suffix = field_suffix(model)
             top = distribution_signals(result.probabilities, None, model.classes)
-            fields[f"{names.PREDICTIONS}_{suffix}"] = db.fo.Classification(label=top["top_label"], confidence=top["top_prob"])
+            fields[f"{names.PREDICTIONS}_{suffix}"] = db.fo.Classification(label=top.top_label, confidence=top.top_prob)
             if index:
                 fields.update(_map_fields(result, map_paths[index], f"_{suffix}"))
     return fields

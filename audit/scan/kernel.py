@@ -16,10 +16,9 @@ import torch
 from audit import names, settings
 from audit.heads.fitted import FoldHead
 from audit.models.registry import AuditModel, model_class_index
-from audit.scan.evidence import (EvidenceOptions, batch_evidence, embeddings_field, field_suffix, model_field_names,
-                                 sample_fields)
+from audit.scan.evidence import EvidenceOptions, batch_evidence, embeddings_field, field_suffix, model_field_names, sample_fields
 from audit.scan.options import ScanOptions
-
+from audit.signals import Signals
 
 # --- resources: processes, threads, memory format, precision ------------------------------------
 
@@ -143,7 +142,7 @@ def error_fields(message: str, models: list[AuditModel]) -> dict:
     fields = dict.fromkeys((names.PREDICTIONS, names.EIGENCAM, names.EIGENCAM_BOX, names.EIGENCAM_PC2,
                             names.GRADCAM_PRED, names.GRADCAM_GIVEN, names.EMBEDDINGS, names.HEAD_DONE,
                             *model_field_names(models)))
-    return {**fields, names.ERROR: message, names.SIGNALS: {"error": message}}
+    return {**fields, names.ERROR: message, names.SIGNALS: Signals(error=message).stored()}
 
 
 def remove_temporary_maps(out_dir: Path) -> None:

@@ -34,13 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audit.store import db
 from audit import names
 from audit.errors import AuditError
-from audit.models.registry import AuditModel
-from audit.models.registry import load_model
+from audit.models.registry import AuditModel, load_model
 from audit.scan.kernel import WithFoldHead, batch_fields, fast_memory_format, fold_fields, model_runtime, write_map
 from audit.scan.ray_tasks import ItemsChunk, MongoChunk, Source, probe, read_chunk
+from audit.store import db
 
 RAY_MISSING = "--engine ray needs Ray: pip install 'audit[ray]' (or pip install 'ray[data]>=2.50')"
 PROBE_TIMEOUT_SECONDS = 60.0

@@ -124,7 +124,8 @@ def probe(out_dir: str, token: str, uri: str, shown_uri: str) -> str:
     try:
         client.admin.command("ping")
     except Exception as error:
-        return f"cannot reach the database at {shown_uri} ({first_line(error)}): set FIFTYONE_DATABASE_URI to a MongoDB every node reaches"
+        return (f"cannot reach the database at {shown_uri} ({first_line(error)}): "
+                "set FIFTYONE_DATABASE_URI to a MongoDB every node reaches")
     finally:
         client.close()
     return ""

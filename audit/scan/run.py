@@ -36,11 +36,10 @@ from audit.scan.ray_engine import RayEngine
 from audit.store import db
 from audit.store.lock import LockError, ScanLock
 
-
 # --- the loop -----------------------------------------------------------------------------------
 
 
-def scan(dataset, models: AuditModel | list[AuditModel], options: ScanOptions | None = None,
+def scan(dataset, models: AuditModel | list[AuditModel], *, options: ScanOptions | None = None,
          progress=None) -> ScanSummary:
     """Scan the unscanned samples of ``dataset`` (a dataset or a view) with ``models`` (one model,
     or several: an ensemble, see `audit.evidence.batch_evidence`).

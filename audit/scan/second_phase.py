@@ -13,27 +13,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from audit.store import db
 from audit import names
 from audit.heads import neighbours
-from audit.scan.evidence import (DISTRIBUTION_TOP_K, TOP_K, distribution_signals, embeddings_field,
-                                 needs_second_opinion)
-from audit.heads.fitted import FOLDS, SEED, FittedHeads, fit_heads
 from audit.heads.choice import FIT, HeadChoice
+from audit.heads.fitted import FOLDS, SEED, FittedHeads, fit_heads
 from audit.models.registry import AuditModel
+from audit.scan.evidence import distribution_signals, embeddings_field, needs_second_opinion, whole_image_signals
 from audit.scan.kernel import BulkWriter, WithFoldHead
+from audit.signals import NeighbourVote, Signals
+from audit.store import db
 
 PHASE_VERSION = 1  # bump when the fields this phase writes change meaning
 CHUNK = 1000  # samples whose signals are read and written at a time
 EMBEDDINGS_PAGE = 5000  # embeddings read from the database at a time
 PLOT_TSNE_FROM, PLOT_TSNE_UP_TO = 100, 20_000
-# Whole-image figures of the first phase kept when a fitted head replaces the model's probabilities.
-EIGEN_CAM_SIGNALS = ("cam_variance_ratio", "visible_fraction", "cam_box_area")
 # A sample no longer in doubt keeps no class maps of an earlier fit (they are drawn for those in doubt).
 NO_CLASS_MAPS = {names.GRADCAM_PRED: None, names.GRADCAM_GIVEN: None}
 
@@ -78,15 +76,15 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
         rows = todo[start:start + CHUNK]
         stored = dict(zip(*root.select([ids[r] for r in rows]).values(["id", names.SIGNALS])))
         for row in rows:
-            signals = {**stored[ids[row]], "neighbours": votes[row]}
+            signals = replace(Signals.read(stored[ids[row]]), neighbours=NeighbourVote.read(votes[row]))
             if fitted is None:
-                writer.add(ids[row], {names.SIGNALS: signals})
+                writer.add(ids[row], {names.SIGNALS: signals.stored()})
                 continue
             signals, prediction, in_doubt = _fitted_signals(signals, fitted, row, labels[row])
             if in_doubt and evidence_options.second_opinion:
                 doubt[row] = signals, prediction
                 continue
-            writer.add(ids[row], {names.SIGNALS: signals, names.PREDICTIONS: prediction, **NO_CLASS_MAPS})
+            writer.add(ids[row], {names.SIGNALS: signals.stored(), names.PREDICTIONS: prediction, **NO_CLASS_MAPS})
         if progress:
             progress.advance(task, sum(row not in doubt for row in rows))
         writer.flush()
@@ -102,10 +100,10 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
             for sample_id, fields, written in batch:
                 signals, prediction = doubt[position[sample_id]]
                 if fields is None:  # unreadable since the first phase: judged on its embedding
-                    writer.add(sample_id, {names.SIGNALS: signals, names.PREDICTIONS: prediction})
+                    writer.add(sample_id, {names.SIGNALS: signals.stored(), names.PREDICTIONS: prediction})
                     continue
                 # the whole image as judged from the stored embedding, the views from this pass
-                fields[names.SIGNALS] = {**fields[names.SIGNALS], **signals}
+                fields[names.SIGNALS] = {**fields[names.SIGNALS], **signals.stored()}
                 fields[names.PREDICTIONS] = prediction
                 writer.add(sample_id, fields, written)
             if progress:
@@ -181,30 +179,24 @@ def _doubt_items(root, rows: list[int], ids, filepaths, labels) -> list[tuple]:
     return [(ids[r], filepaths[r], labels[r], boxes.get(ids[r]) or None) for r in rows]
 
 
-def _fitted_signals(stored: dict, fitted: list[FittedHeads], row: int, label: str | None) -> tuple[dict, object, bool]:
+def _fitted_signals(stored: Signals, fitted: list[FittedHeads], row: int,
+                    label: str | None) -> tuple[Signals, object, bool]:
     """The sample's signals with the whole-image figures of the fitted heads (the mean over the
-    models' out-of-fold probabilities), the model's own top classes kept as ``model_top``; its
-    prediction; and whether it is in doubt (`audit.scan.evidence.needs_second_opinion`)."""
+    models' out-of-fold probabilities), the model's own top classes kept as ``model_top`` and the
+    first phase's Eigen-CAM figures; its prediction; and whether it is in doubt
+    (`audit.scan.evidence.needs_second_opinion`)."""
     classes = fitted[0].classes
     probabilities = torch.from_numpy(np.mean([f.probabilities[row] for f in fitted], axis=0))
     given_index = classes.index(label) if label in classes else None
     whole = distribution_signals(probabilities, given_index, classes)
-    model_top = stored.get("model_top") if stored.get("head") == FIT else stored.get("top")
-    signals = {key: stored[key] for key in EIGEN_CAM_SIGNALS if key in stored}
-    signals.update(_head_signals(whole, label, given_index, classes), neighbours=stored["neighbours"],
-                   model_top=model_top, head=FIT, classes=len(classes), class_seen=int(fitted[0].class_seen[row]),
-                   class_examples=_examples(fitted[0], label))
-    prediction = db.fo.Classification(label=whole["top_label"], confidence=whole["top_prob"])
+    signals = replace(whole_image_signals(whole, label, given_index, classes),
+                      cam_variance_ratio=stored.cam_variance_ratio, visible_fraction=stored.visible_fraction,
+                      cam_box_area=stored.cam_box_area, neighbours=stored.neighbours,
+                      model_top=stored.model_top if stored.head == FIT else stored.top, head=FIT,
+                      classes=len(classes), class_seen=int(fitted[0].class_seen[row]),
+                      class_examples=_examples(fitted[0], label))
+    prediction = db.fo.Classification(label=whole.top_label, confidence=whole.top_prob)
     return signals, prediction, needs_second_opinion(probabilities, given_index)
-
-
-def _head_signals(whole: dict, label: str | None, given_index: int | None, classes: list[str]) -> dict:
-    """The whole-image part of ``audit_signals`` (as `audit.scan.evidence.sample_signals` writes it)."""
-    return {"pred_index": whole["top_index"], "pred_label": whole["top_label"], "pred_prob": whole["top_prob"],
-            "top_labels": [c for c, _ in whole["top"][:TOP_K]], "top_probs": [p for _, p in whole["top"][:TOP_K]],
-            "top": whole["top"][:DISTRIBUTION_TOP_K], "given_label": label, "given_index": given_index,
-            "given_class": None if given_index is None else classes[given_index],
-            **{k: whole[k] for k in ("given_prob", "max_other_prob", "given_rank") if k in whole}}
 
 
 def _examples(fitted: FittedHeads, label: str | None) -> int:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from audit.store import db
 from audit import names
 from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.heads.choice import FIT, MODEL_LABEL_SET_SOURCES, head_kind
 from audit.score.policy import THRESHOLDS, for_new_label, judge
+from audit.signals import Signals
+from audit.store import db
 
 
 @dataclass
@@ -22,15 +23,15 @@ class ScoringSummary:
     labelled: int
 
 
-def rescore(dataset, sample_ids: list[str] | None = None) -> ScoringSummary:
+def rescore(dataset, *, sample_ids: list[str] | None = None) -> ScoringSummary:
     """Judge every scanned sample (or those of ``sample_ids``) from its stored signals, write
     category, mislabel_score, reasons, why and suggested_label in bulk, and re-sync tags and saved views.
     A sample relabelled since its scan is judged for its new label (`audit.score.policy.for_new_label`)."""
     view = dataset.exists(names.SIGNALS)
     if sample_ids is not None:
         view = view.select(sample_ids)
-    ids, signals, labels = view.values(["id", names.SIGNALS, f"{db.label_field(dataset)}.label"])
-    signals = [_for_current_label(s, label) for s, label in zip(signals, labels)]
+    ids, stored, labels = view.values(["id", names.SIGNALS, f"{db.label_field(dataset)}.label"])
+    signals = [_for_current_label(Signals.read(s), s, label) for s, label in zip(stored, labels)]
     classes = label_set(dataset._root_dataset)
     verdicts = [judge(s, label_set=classes) for s in signals]
     for field, values in ((names.CATEGORY, [v.category for v in verdicts]),
@@ -42,8 +43,8 @@ def rescore(dataset, sample_ids: list[str] | None = None) -> ScoringSummary:
     db.sync_flags(dataset._root_dataset)
     db.save_audit_info(dataset._root_dataset, thresholds=THRESHOLDS)
     counts = Counter(verdict.category for verdict in verdicts)
-    labelled = [s for s in signals if s.get("given_index") is not None]
-    agreement = sum(s["pred_index"] == s["given_index"] for s in labelled) / len(labelled) if labelled else None
+    labelled = [s for s in signals if s.given_index is not None]
+    agreement = sum(s.pred_index == s.given_index for s in labelled) / len(labelled) if labelled else None
     return ScoringSummary(dict(counts), agreement, len(labelled))
 
 
@@ -73,20 +74,20 @@ def _model_name(label: str) -> str:
     return label if index is None else imagenet_names()[index]
 
 
-def _for_current_label(signals: dict, label: str | None) -> dict:
+def _for_current_label(signals: Signals, stored: dict, label: str | None) -> Signals:
     """The signals as stored, or for the sample's new label when it was relabelled since its scan."""
-    if signals.get("error") or signals.get("given_label") == label:
+    if signals.error or signals.given_label == label:
         return signals
-    old_index, old_label = signals.get("given_index"), signals.get("given_label")
-    imagenet = signals.get("head") != FIT and old_index is not None and resolve_imagenet_label(old_label) == old_index
-    return for_new_label(signals, label, resolve_imagenet_label(label) if imagenet else None)
+    old_index, old_label = signals.given_index, signals.given_label
+    imagenet = signals.head != FIT and old_index is not None and resolve_imagenet_label(old_label) == old_index
+    return Signals.read(for_new_label(stored, label, resolve_imagenet_label(label) if imagenet else None))
 
 
 ROW_FIELDS = ("id", "filepath", "given_label", "predicted_label", "predicted_confidence", "suggested_label",
               names.CATEGORY, names.SCORE, names.REASONS)
 
 
-def ranked_rows(dataset, category: str | None = None, top: int | None = None, everything: bool = False) -> list[dict]:
+def ranked_rows(dataset, *, category: str | None = None, top: int | None = None, everything: bool = False) -> list[dict]:
     """Scanned samples as plain rows, highest mislabel_score first: flagged ones only unless
     ``everything``; one category with ``category``; the first ``top``."""
     if everything:

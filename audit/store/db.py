@@ -6,11 +6,11 @@ import os
 import re
 from pathlib import Path
 
-from audit import names, settings  # (also sets FiftyOne's environment before it is imported)
-from audit.errors import AuditError, first_line
-
 import fiftyone as fo
 from fiftyone import ViewField as F
+
+from audit import names, settings  # (also sets FiftyOne's environment before it is imported)
+from audit.errors import AuditError, first_line
 
 
 class DatasetError(AuditError):
@@ -176,7 +176,8 @@ def declare_audit_fields(dataset: fo.Dataset) -> None:
     fields = {names.PREDICTIONS: (embedded, {"embedded_doc_type": fo.Classification}),
               names.EIGENCAM: (embedded, {"embedded_doc_type": fo.Heatmap}),
               names.EIGENCAM_BOX: (embedded, {"embedded_doc_type": fo.Detections}),
-              **{name: (embedded, {"embedded_doc_type": fo.Heatmap}) for name in (names.EIGENCAM_PC2, names.GRADCAM_PRED, names.GRADCAM_GIVEN)},
+              **{name: (embedded, {"embedded_doc_type": fo.Heatmap})
+                 for name in (names.EIGENCAM_PC2, names.GRADCAM_PRED, names.GRADCAM_GIVEN)},
               names.SIGNALS: (fo.DictField, {}), names.ERROR: (fo.StringField, {}), names.DONE: (fo.StringField, {}),
               names.EMBEDDINGS: (fo.VectorField, {}), names.HEAD_DONE: (fo.StringField, {}),
               names.SCORE: (fo.FloatField, {}), names.CATEGORY: (fo.StringField, {}), names.SUGGESTED: (fo.StringField, {}),

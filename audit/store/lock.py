@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 
 from pymongo.errors import DuplicateKeyError
 
-from audit.store import db
 from audit import settings
+from audit.store import db
 
 COLLECTION = "audit_locks"
 HEARTBEAT_SECONDS = 20.0

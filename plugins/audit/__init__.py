@@ -100,7 +100,7 @@ class MarkRelabel(foo.Operator):
     def execute(self, ctx):
         from audit.review.relabel import mark_samples
 
-        count = mark_samples(ctx.dataset, _targets(ctx), names.RELABEL_TAG, ctx.params.get("new_label") or None)
+        count = mark_samples(ctx.dataset, _targets(ctx), names.RELABEL_TAG, new_label=ctx.params.get("new_label") or None)
         ctx.ops.reload_dataset()
         ctx.ops.notify(f"marked {count} sample(s) relabel", variant="success")
         return {"marked": count}
@@ -109,8 +109,8 @@ class MarkRelabel(foo.Operator):
 def _label_choices(dataset, view) -> list[str]:
     """The labels a reviewer most likely wants: the suggestions and top labels of these samples
     (those of the dataset's label set only, where it has its own), then every label the dataset uses."""
-    from audit.store.db import label_field
     from audit.score.triage import label_set
+    from audit.store.db import label_field
 
     classes = label_set(dataset)
     labels = [s for s in view.values(names.SUGGESTED) if s] if dataset.has_sample_field(names.SUGGESTED) else []
@@ -208,7 +208,7 @@ class ExportRelabelList(foo.Operator):
         from audit.review.export import export_dataset
 
         path = os.path.expanduser(ctx.params["path"])
-        exported = export_dataset(ctx.target_view(), Path(path), ctx.params.get("format") or "csv",
+        exported = export_dataset(ctx.target_view(), Path(path), fmt=ctx.params.get("format") or "csv",
                                   everything=bool(ctx.params.get("everything")),
                                   overwrite=bool(ctx.params.get("overwrite")), prefill_marks=True)
         serve = "" if exported.labelstudio is None else (
@@ -248,9 +248,9 @@ class RunAudit(foo.Operator):
 
     @notifies_errors
     def execute(self, ctx):
-        from audit.review.app import apply_app_defaults
         from audit.models.registry import load_models
         from audit.pipeline import audit_dataset
+        from audit.review.app import apply_app_defaults
         from audit.scan.options import ScanOptions
 
         target = ctx.target_view()
@@ -258,7 +258,7 @@ class RunAudit(foo.Operator):
         model_names = [n.strip() for n in (ctx.params.get("model") or "").split(",") if n.strip()]
         models = load_models(model_names or _scanned_models(ctx.dataset))
         yield ctx.trigger("set_progress", dict(label=f"scanning {len(target)} sample(s)"))
-        result = audit_dataset(target, models, ScanOptions(workers=0, restart=bool(ctx.params.get("redo"))))
+        result = audit_dataset(target, models, options=ScanOptions(workers=0, restart=bool(ctx.params.get("redo"))))
         apply_app_defaults(ctx.dataset)  # the colours of the new `why` chips
         yield ctx.ops.reload_dataset()
         counts = ", ".join(f"{c} {n}" for c, n in sorted(result.scoring.counts.items()))
