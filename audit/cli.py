@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from audit import names, settings
-from audit.errors import AuditError, OptionError
+from audit.errors import AuditError, InputError, OptionError
 
 app = typer.Typer(help="Find label errors and classifier failures in image datasets (Eigen-CAM + FiftyOne).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -46,7 +46,8 @@ class ExportFormat(str, Enum):
 
 
 def command(function):
-    """Every command: a known failure is one line on stderr and exit 1 (the traceback with --debug)."""
+    """Every command: a known failure is one line on stderr and exit 1, a file that does not fit exit 2
+    (the traceback with --debug)."""
 
     @wraps(function)
     def run(*args, **kwargs):
@@ -56,6 +57,9 @@ def command(function):
             raise
         except OptionError as error:
             raise typer.BadParameter(str(error), param_hint=error.option) from None
+        except InputError as error:  # a file that does not fit: refused before anything was written
+            err.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             hint = "; run the same command again to resume" if function.__name__ == "scan" else ""
             err.print(f"interrupted{hint}", markup=False, highlight=False)
@@ -109,9 +113,18 @@ def scan(
         help="imagenet-val: force a layout (archives | extracted | kaggle | folders).")] = None,
     boxes: Annotated[Optional[Path], typer.Option(
         help="imagenet-val: the folder of the box files (<image>.xml), if not found under --root.")] = None,
+    classes: Annotated[Optional[Path], typer.Option(
+        help="Your model's class names, one a line in its head's order (also names an .npy's columns).")] = None,
+    model_config: Annotated[Optional[Path], typer.Option(
+        help="Your model's preprocessing (input_size, crop_pct, mean, std, interpolation) as JSON, as timm's "
+             "config.json (default: config.json beside --weights).")] = None,
+    predictions: Annotated[Optional[str], typer.Option(
+        help="Your model's probabilities or logits: a CSV filepath,<class>,..., an .npy in the CSV source's row "
+             "order (columns: --classes), or for a FiftyOne dataset a Classification field with logits.")] = None,
     head: Annotated[str, typer.Option(
-        help="auto | model | fit: judge the labels with the model's classes, or with a head fitted on the "
-             "dataset's own (5-fold, out-of-fold; auto: fitted when a label is not one of the model's classes).")] = "auto",
+        help="auto | model | fit | given: judge the labels with the model's classes, a head fitted on the "
+             "dataset's own (5-fold, out-of-fold), or the --predictions (auto: given when there are predictions, "
+             "fitted when a label is not one of the model's classes).")] = "auto",
     engine: Annotated[str, typer.Option(
         help="local | ray: this machine's processes, or a Ray cluster (pip install 'audit[ray]').")] = "local",
     address: Annotated[Optional[str], typer.Option(
@@ -128,18 +141,22 @@ def scan(
     from audit.pipeline import SourceRequest, audit_dataset, load_source, scan_progress
     from audit.scan.options import ScanOptions
 
+    if classes is not None and weights is None and predictions is None:
+        raise typer.BadParameter("it names your model's head (with --weights) or an .npy's columns (with "
+                                 "--predictions)", param_hint="--classes")
     if layout is not None and layout not in LAYOUTS:
         raise typer.BadParameter(f"'{layout}' is not one of {', '.join(LAYOUTS)}", param_hint="--layout")
     options = ScanOptions(batch_size=batch_size, workers=workers, limit=limit, shard=_parse_shard(shard),
                           restart=restart, amp=amp, second_opinion=second_opinion, class_maps=class_maps,
                           all_boxes=all_boxes, head=head, engine=engine,
                           cluster=_cluster_options(engine, shard, address, actors, gpus_per_actor))
-    loaded = load_models(model_names(model, preset=models), weights=weights, layer=layer, device=device)
+    loaded = load_models(model_names(model, preset=models), weights=weights, layer=layer, device=device,
+                         classes=classes if weights else None, config=model_config)
     request = SourceRequest(source.value, root, name, str(labels) if labels else None, label_field, layout, limit,
-                            str(boxes) if boxes else None)
+                            str(boxes) if boxes else None, predictions, str(classes) if classes else None)
     warnings: list[str] = []
     dataset, added = load_source(request, warn=warnings.append, on_wait=lambda why: _say(f"waiting: {why}"))
-    _print_loaded(dataset, added, warnings, loaded)
+    _print_loaded(dataset, added, warnings, loaded, predictions is not None)
     with scan_progress(err) as progress:
         result = audit_dataset(dataset, loaded, options=options, progress=progress)
     if result.scoring is None:
@@ -154,7 +171,9 @@ def _say(line: str) -> None:
     err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
-def _print_loaded(dataset, added: int, warnings: list[str], models) -> None:
+def _print_loaded(dataset, added: int, warnings: list[str], models, predictions: bool) -> None:
+    from audit.store import db
+
     for warning in warnings[:20]:
         _say(f"warning: {warning}")
     if len(warnings) > 20:
@@ -162,7 +181,11 @@ def _print_loaded(dataset, added: int, warnings: list[str], models) -> None:
     with_boxes = len(dataset.exists(names.GT_BOXES)) if dataset.has_sample_field(names.GT_BOXES) else 0
     _say(f"dataset '{dataset.name}': {len(dataset)} samples ({added} new), {with_boxes} with boxes")
     for each in models:
-        _say(f"model {each.name} on {each.device}: layer '{each.target_layer}', {each.preprocess.describe()}")
+        own = f", {len(each.classes)} classes" if not each.is_imagenet else ""
+        config = f" ({each.config})" if each.config else ""
+        _say(f"model {each.name} on {each.device}: layer '{each.target_layer}', {each.preprocess.describe()}{config}{own}")
+    if predictions:
+        _say(f"predictions: {db.audit_info(dataset)['predictions']['described']}")
 
 
 def _print_scanned(dataset, result) -> None:

@@ -19,6 +19,11 @@ class OptionError(AuditError):
         self.option = option
 
 
+class InputError(AuditError):
+    """A file the user gave that does not fit (classes, predictions, a model config): refused before
+    anything is written, exit status 2."""
+
+
 def first_line(error: BaseException, limit: int = 160) -> str:
     """An exception's message cut to its first line (and pymongo's long tail dropped), or its type's name."""
     text = str(error).strip()

@@ -21,6 +21,7 @@ ERROR = "audit_error"
 DONE = "audit_done"  # the scan key of the settings the sample was scanned with; written last
 EMBEDDINGS = "embeddings"  # the explained layer average-pooled (a vector field: FiftyOne Brain, the App's plots)
 HEAD_DONE = "audit_head_done"  # the key of the second phase (head, neighbours) the sample was judged in; written last
+GIVEN_PROBABILITIES = "given_probabilities"  # the user's predictions (--predictions), classes in info["audit"]
 SIMILARITY_KEY = "audit_similarity"  # FiftyOne Brain's similarity index on the embeddings (sort by similarity)
 VISUALIZATION_KEY = "audit_embeddings"  # FiftyOne Brain's 2-D map of the embeddings (the App's Embeddings panel)
 

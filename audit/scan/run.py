@@ -58,7 +58,7 @@ def scan(dataset, models: AuditModel | list[AuditModel], *, options: ScanOptions
     root = dataset._root_dataset  # ``dataset`` may be a view (the App's plugin)
     db.declare_audit_fields(root)
     choice = choose_head(root, models[0], options.head)
-    evidence_options = options.first_phase_evidence(choice.kind)
+    evidence_options = options.first_phase_evidence(choice)
     key = scan_key(models, options, choice.kind)
     out_dir = db.maps_dir(dataset)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from audit import names
+from audit.heads import given as given_head
 from audit.heads import neighbours
-from audit.heads.choice import FIT, HeadChoice
+from audit.heads.choice import FIT, GIVEN, HeadChoice
 from audit.heads.fitted import FOLDS, SEED, FittedHeads, fit_heads
 from audit.models.registry import AuditModel
 from audit.scan.evidence import distribution_signals, embeddings_field, needs_second_opinion, whole_image_signals
@@ -43,11 +44,12 @@ class SecondPhaseSummary:
     head: str
 
 
-def phase_key(scan_key: str, choice: HeadChoice, ids: list[str], labels: list[str | None]) -> str:
+def phase_key(scan_key: str, choice: HeadChoice, ids: list[str], labels: list[str | None],
+              predictions: str | None = None) -> str:
     """A digest of what the phase's results depend on: samples whose key differs are redone."""
     digest = hashlib.sha256("\n".join(f"{i}:{label}" for i, label in zip(ids, labels)).encode()).hexdigest()
     settings = {"scan": scan_key, "head": choice.kind, "folds": FOLDS, "seed": SEED, "k": neighbours.K,
-                "version": PHASE_VERSION, "labels": digest}
+                "version": PHASE_VERSION, "labels": digest, "predictions": predictions}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -60,13 +62,15 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
     ids, filepaths, labels, marks = scanned.values(["id", "filepath", label_path, names.HEAD_DONE])
     if not ids:
         return SecondPhaseSummary(0, 0, choice.kind)
-    key = phase_key(scan_key, choice, ids, labels)
+    given_record = db.audit_info(root).get("predictions") if choice.kind == GIVEN else None
+    key = phase_key(scan_key, choice, ids, labels, given_record and given_record["sha256"])
     todo = [row for row, mark in enumerate(marks) if mark != key]
     if not todo:
         return SecondPhaseSummary(0, 0, choice.kind)
     embeddings = [stored_embeddings(scanned, embeddings_field(models, index), len(ids)) for index in range(len(models))]
     votes = neighbours.votes(embeddings[0], labels, filepaths)
-    fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind == FIT else None
+    fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind in (FIT, GIVEN) else None
+    given = _given(root, scanned, len(ids), fitted, labels) if choice.kind == GIVEN else None
     plane = principal_plane(embeddings[0]) if len(ids) > PLOT_TSNE_UP_TO else None
     del embeddings  # FiftyOne Brain's similarity index reads its own copy at the end
     task = progress.add_task("judging", total=len(todo)) if progress else None
@@ -79,6 +83,10 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
             signals = replace(Signals.read(stored[ids[row]]), neighbours=NeighbourVote.read(votes[row]))
             if fitted is None:
                 writer.add(ids[row], {names.SIGNALS: signals.stored()})
+                continue
+            if given is not None:
+                signals, prediction = _given_signals(signals, given, row, labels[row], keep_views=choice.model_knows_labels)
+                writer.add(ids[row], {names.SIGNALS: signals.stored(), names.PREDICTIONS: prediction})
                 continue
             signals, prediction, in_doubt = _fitted_signals(signals, fitted, row, labels[row])
             if in_doubt and evidence_options.second_opinion:
@@ -111,7 +119,52 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
             writer.flush_if_due()
     writer.flush()
     index_embeddings(scanned, plane)
+    if given is not None:
+        db.save_audit_info(root, head={**choice.info(), "weights": given.weights})
     return SecondPhaseSummary(writer.written, len(doubt), choice.kind)
+
+
+@dataclass
+class GivenJudgement:
+    """The user's predictions weighed with the fitted head (`audit.heads.given.combine`), in their classes."""
+
+    classes: list[str]
+    probabilities: np.ndarray
+    quantiles: np.ndarray
+    weights: list[float]
+
+
+def _given(root, scanned, count: int, fitted: list[FittedHeads], labels: list[str | None]) -> GivenJudgement:
+    """The given probabilities of the scanned samples, weighed with the fitted heads' out-of-fold ones."""
+    classes = db.audit_info(root)["predictions"]["classes"]
+    probabilities = stored_embeddings(scanned, names.GIVEN_PROBABILITIES, count)
+    own = np.mean([f.probabilities for f in fitted], axis=0)
+    aligned = np.full_like(probabilities, np.nan)
+    for column, name in enumerate(classes):
+        if name in fitted[0].classes:
+            aligned[:, column] = own[:, fitted[0].classes.index(name)]
+    indices = [classes.index(label) if label in classes else None for label in labels]
+    combined, weights = given_head.combine(probabilities, aligned, indices)
+    return GivenJudgement(classes, combined, given_head.label_quantiles(combined, indices), weights)
+
+
+def _given_signals(stored: Signals, given: GivenJudgement, row: int, label: str | None,
+                   keep_views: bool) -> tuple[Signals, object]:
+    """The sample's signals judged by the user's predictions (weighed with the fitted head): the
+    whole image's figures and the label's quantile; the first phase's Eigen-CAM figures, and its
+    second opinions where the model's own head knows the labels."""
+    classes = given.classes
+    given_index = classes.index(label) if label in classes else None
+    whole = distribution_signals(torch.from_numpy(given.probabilities[row]), given_index, classes)
+    quantile = given.quantiles[row]
+    signals = replace(whole_image_signals(whole, label, given_index, classes),
+                      cam_variance_ratio=stored.cam_variance_ratio, visible_fraction=stored.visible_fraction,
+                      cam_box_area=stored.cam_box_area, second_object_iou=stored.second_object_iou,
+                      class_map_on_object=stored.class_map_on_object if keep_views else None,
+                      views=stored.views if keep_views else None, neighbours=stored.neighbours,
+                      model_top=stored.model_top if stored.head in (FIT, GIVEN) else stored.top, head=GIVEN,
+                      classes=len(classes), label_quantile=None if np.isnan(quantile) else float(quantile))
+    return signals, db.fo.Classification(label=whole.top_label, confidence=whole.top_prob)
 
 
 def stored_embeddings(view, field: str, count: int) -> np.ndarray:

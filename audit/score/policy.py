@@ -255,6 +255,8 @@ class Case:
                              max_other_prob=signals.max_other_prob)
         agreed = consensus(signals, views) if views else whole
         score = with_own_classes(with_neighbours(normalised_margin_score(agreed), signals), signals)
+        if signals.label_quantile is not None:  # the user's predictions: the label against the dataset's others
+            score = signals.label_quantile
         dominant, second = views.get("object"), views.get("second_object")
         standing = (f"'{given}' below {whole.given_prob:.3f} (not in the top {signals.given_rank - 1})"
                     if signals.given_prob_bound else f"'{given}' at {whole.given_prob:.3f} (rank {signals.given_rank})")
@@ -447,7 +449,7 @@ def none_of_the_classes(signals: Signals) -> str | None:
         return (f"looks like none of the dataset's classes ({signals.outside_prob:.2f} of the model's "
                 f"probability is outside them); the model sees '{signals.top_labels[0]}'")
     unlike = signals.neighbours.unlike if signals.neighbours else 0.0
-    if signals.head == "fit" and unlike >= UNLIKE_ANY:
+    if signals.head in ("fit", "given") and unlike >= UNLIKE_ANY:
         than = "any other sample" if unlike >= 0.995 else f"{unlike:.0%} of the samples"
         return f"looks like none of the dataset's classes (less like its neighbours than {than}){seen}"
     return None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from audit import names
 from audit.data.classes import imagenet_names, resolve_imagenet_label
-from audit.heads.choice import FIT, MODEL_LABEL_SET_SOURCES, head_kind
+from audit.heads.choice import FIT, GIVEN, MODEL_LABEL_SET_SOURCES, head_kind
 from audit.score.policy import THRESHOLDS, for_new_label, judge
 from audit.signals import Signals
 from audit.store import db
@@ -65,7 +65,7 @@ def label_set(dataset) -> frozenset[str] | None:
     field = db.label_field(dataset)
     declared = dataset.classes.get(field) or dataset.default_classes
     used = declared or (dataset.distinct(f"{field}.label") if dataset.has_sample_field(field) else [])
-    fitted = head_kind(dataset) == FIT
+    fitted = head_kind(dataset) in (FIT, GIVEN)  # the labels as the dataset names them
     return frozenset(label if fitted else _model_name(label) for label in used if label)
 
 
@@ -79,7 +79,7 @@ def _for_current_label(signals: Signals, stored: dict, label: str | None) -> Sig
     if signals.error or signals.given_label == label:
         return signals
     old_index, old_label = signals.given_index, signals.given_label
-    imagenet = signals.head != FIT and old_index is not None and resolve_imagenet_label(old_label) == old_index
+    imagenet = signals.head not in (FIT, GIVEN) and old_index is not None and resolve_imagenet_label(old_label) == old_index
     return Signals.read(for_new_label(stored, label, resolve_imagenet_label(label) if imagenet else None))
 
 

@@ -181,6 +181,7 @@ def declare_audit_fields(dataset: fo.Dataset) -> None:
               names.SIGNALS: (fo.DictField, {}), names.ERROR: (fo.StringField, {}), names.DONE: (fo.StringField, {}),
               names.EMBEDDINGS: (fo.VectorField, {}), names.HEAD_DONE: (fo.StringField, {}),
               names.SCORE: (fo.FloatField, {}), names.CATEGORY: (fo.StringField, {}), names.SUGGESTED: (fo.StringField, {}),
+              names.WHY: (fo.StringField, {}),
               names.REASONS: (fo.ListField, {"subfield": fo.StringField})}
     for name, (kind, options) in fields.items():
         if not dataset.has_sample_field(name):

@@ -1,0 +1,285 @@
+"""The user's own predictions as a head (``--predictions``): class probabilities they already have,
+ideally out of fold (cleanlab's ``pred_probs``), which judge the labels in place of a head of ours.
+
+Three layouts: a CSV ``filepath,<class>,<class>,...`` (one column a class, named; rows matched to the
+samples by file, paths absolute or relative to the CSV); an ``.npy`` N x C matrix whose rows follow
+the CSV source's rows and whose columns follow ``--classes``; or, for a FiftyOne dataset, a
+Classification field with ``logits`` (FiftyOne's convention, classes from ``dataset.classes``).
+Values that are not probabilities (rows not summing to 1) are taken for logits and turned into
+probabilities with a softmax, which the scan says. Anything that does not fit is refused in one line
+before anything is written (`audit.errors.InputError`).
+
+Predictions made in sample (by a model trained on these very labels) have memorised the labels and
+cannot see their errors: `in_sample_share` measures the telltale.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audit import names
+from audit.data.records import Record, absolute_path
+from audit.errors import InputError
+from audit.store import db
+
+SUM_TOLERANCE = 0.01  # a row of probabilities sums to 1 within this
+# In-sample telltale: the label is the top class at this probability or more on this share of the samples.
+MEMORISED_PROB, MEMORISED_SHARE = 0.95, 0.9
+
+
+@dataclass
+class GivenPredictions:
+    """Class probabilities, one row a sample: ``keys`` names each row's file (None: rows in the
+    source's order), ``classes`` each column."""
+
+    source: str
+    classes: tuple[str, ...]
+    probabilities: np.ndarray  # float32, rows sum to 1
+    keys: list[str] | None
+    from_logits: bool
+
+    def describe(self) -> str:
+        kind = "logits, turned into probabilities" if self.from_logits else "probabilities"
+        return f"{self.source} ({len(self.probabilities)} rows, {len(self.classes)} classes, {kind})"
+
+
+def read_predictions(path: Path, *, classes: tuple[str, ...] | None = None) -> GivenPredictions:
+    """A predictions file: ``.npy`` (columns named by ``classes``) or a CSV with a ``filepath`` column."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"predictions file not found: {path}")
+    if path.suffix.lower() == ".npy":
+        return _read_npy(path, classes)
+    return _read_csv(path, classes)
+
+
+def _read_npy(path: Path, classes: tuple[str, ...] | None) -> GivenPredictions:
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise InputError(f"cannot read {path} as a NumPy matrix: {error}") from None
+    if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.number):
+        raise InputError(f"{path} holds a {matrix.dtype} array of shape {matrix.shape}: expected N x C numbers")
+    if classes is None:
+        raise InputError(f"{path} does not name its columns: pass --classes FILE (one class a line, in the columns' order)")
+    if matrix.shape[1] != len(classes):
+        raise InputError(f"{path} has {matrix.shape[1]} columns, but --classes names {len(classes)} classes")
+    probabilities, from_logits = to_probabilities(matrix, str(path))
+    return GivenPredictions(str(path), tuple(classes), probabilities, None, from_logits)
+
+
+def _read_csv(path: Path, classes: tuple[str, ...] | None) -> GivenPredictions:
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.reader(handle)
+        header = [column.strip() for column in next(reader, [])]
+        if not header or header[0].lower() != "filepath" or len(header) < 3:
+            raise InputError(f"{path}: expected a header 'filepath,<class>,<class>,...' (one column a class)")
+        columns = tuple(header[1:])
+        if classes is not None and set(classes) != set(columns):
+            raise InputError(f"{path}: its class columns are not the --classes ({_difference(columns, classes)})")
+        keys, rows = [], []
+        for line, row in enumerate(reader, start=2):
+            if not row or not row[0].strip():
+                raise InputError(f"{path}:{line}: no file path")
+            if len(row) != len(header):
+                raise InputError(f"{path}:{line}: {len(row)} values for {len(header)} columns")
+            try:
+                rows.append([float(value) for value in row[1:]])
+            except ValueError:
+                raise InputError(f"{path}:{line}: a value is not a number") from None
+            keys.append(absolute_path(path.parent / row[0].strip()))
+    if not rows:
+        raise InputError(f"{path} has no rows")
+    repeated = _first_repeat(keys)
+    if repeated is not None:
+        raise InputError(f"{path}: {repeated} has two rows")
+    probabilities, from_logits = to_probabilities(np.array(rows, dtype=np.float64), str(path))
+    return GivenPredictions(str(path), columns, probabilities, keys, from_logits)
+
+
+def field_predictions(dataset, field: str, *, classes: tuple[str, ...] | None = None) -> GivenPredictions:
+    """A FiftyOne dataset's Classification field with ``logits``; its classes from ``classes``, else
+    ``dataset.classes[field]`` or ``dataset.default_classes``."""
+    if not dataset.has_sample_field(field):
+        raise InputError(f"dataset '{dataset.name}' has no field '{field}' to take predictions from")
+    classes = classes or tuple(dataset.classes.get(field) or dataset.default_classes or ())
+    if not classes:
+        raise InputError(f"the logits of '{field}' are not named: set dataset.classes['{field}'] or pass --classes FILE")
+    filepaths, logits = dataset.values(["filepath", f"{field}.logits"])
+    missing = [path for path, row in zip(filepaths, logits) if row is None]
+    if missing:
+        raise InputError(f"{len(missing)} samples have no logits in '{field}' (the first: {missing[0]})")
+    matrix = np.array([np.asarray(row, dtype=np.float64) for row in logits])
+    if matrix.ndim != 2 or matrix.shape[1] != len(classes):
+        raise InputError(f"the logits of '{field}' have {matrix.shape[-1]} values, but {len(classes)} classes are named")
+    probabilities, _ = to_probabilities(matrix, f"field '{field}'", logits=True)
+    return GivenPredictions(f"field '{field}'", tuple(classes), probabilities, list(filepaths), True)
+
+
+def to_probabilities(matrix: np.ndarray, source: str, logits: bool | None = None) -> tuple[np.ndarray, bool]:
+    """Rows of probabilities (float32), and whether they were logits (rows that do not sum to 1)."""
+    bad = ~np.isfinite(matrix)
+    if bad.any():
+        row = int(np.argwhere(bad)[0][0])
+        raise InputError(f"{source}: row {row + 1} holds NaN or an infinite value")
+    if logits is None:
+        logits = bool(np.abs(matrix.sum(axis=1) - 1.0).max() > SUM_TOLERANCE)
+        if not logits and (matrix < 0).any():
+            row = int(np.argwhere(matrix < 0)[0][0])
+            raise InputError(f"{source}: row {row + 1} holds a negative probability")
+    if logits:
+        shifted = np.exp(matrix - matrix.max(axis=1, keepdims=True))
+        matrix = shifted / shifted.sum(axis=1, keepdims=True)
+    else:
+        matrix = matrix / matrix.sum(axis=1, keepdims=True)
+    return matrix.astype(np.float32), logits
+
+
+def rows_for(predictions: GivenPredictions, filepaths: list[str], *, partial: bool = False) -> np.ndarray:
+    """The rows of ``predictions`` in the order of ``filepaths`` (the dataset's files); every file must
+    have a row and, unless ``partial`` (a --limit'ed load), every row a file."""
+    if predictions.keys is None:
+        if len(predictions.probabilities) != len(filepaths):
+            raise InputError(f"{predictions.source} has {len(predictions.probabilities)} rows, but the source has "
+                             f"{len(filepaths)} images: an .npy's rows follow the CSV source's rows")
+        return predictions.probabilities
+    position = {key: row for row, key in enumerate(predictions.keys)}
+    lacking = [path for path in filepaths if path not in position]
+    if lacking:
+        raise InputError(f"{predictions.source} has no row for {len(lacking)} of the dataset's images "
+                         f"(the first: {lacking[0]})")
+    known = set(filepaths)
+    extra = [] if partial else [key for key in predictions.keys if key not in known]
+    if extra:
+        raise InputError(f"{predictions.source} has rows for {len(extra)} files the dataset lacks (the first: {extra[0]})")
+    return predictions.probabilities[[position[path] for path in filepaths]]
+
+
+def check_labels(predictions: GivenPredictions, labels) -> None:
+    """Every label of the dataset must be one of the predictions' classes."""
+    unknown = sorted({label for label in labels if label is not None} - set(predictions.classes))
+    if unknown:
+        named = ", ".join(f"'{label}'" for label in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise InputError(f"{predictions.source}: {len(unknown)} of the dataset's labels are not among its classes "
+                         f"({named}); its classes: {', '.join(predictions.classes[:10])}"
+                         f"{' ...' if len(predictions.classes) > 10 else ''}")
+
+
+def in_sample_share(probabilities: np.ndarray, label_indices: list[int | None]) -> float:
+    """The share of labelled samples whose label is the top class at MEMORISED_PROB or more: near 1
+    for predictions made by a model trained on these labels (it has memorised them)."""
+    rows = [(row, index) for row, index in enumerate(label_indices) if index is not None]
+    if not rows:
+        return 0.0
+    chosen = probabilities[[r for r, _ in rows], [i for _, i in rows]]
+    top = probabilities[[r for r, _ in rows]].argmax(axis=1) == np.array([i for _, i in rows])
+    return float(np.mean(top & (chosen >= MEMORISED_PROB)))
+
+
+def _difference(have: tuple[str, ...], want: tuple[str, ...]) -> str:
+    extra, missing = sorted(set(have) - set(want)), sorted(set(want) - set(have))
+    parts = ([f"not in --classes: {', '.join(extra[:5])}"] if extra else []) + \
+        ([f"missing: {', '.join(missing[:5])}"] if missing else [])
+    return "; ".join(parts)
+
+
+def _first_repeat(keys: list[str]) -> str | None:
+    seen = set()
+    for key in keys:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def check_records(predictions: GivenPredictions, records: list[Record], *, partial: bool = False) -> GivenPredictions:
+    """Check the predictions against a source's records before they are ingested (nothing written yet);
+    an .npy's rows are named after the records they follow. Returns the predictions, keyed by file."""
+    filepaths = [record.filepath for record in records]
+    if predictions.keys is None:
+        rows_for(predictions, filepaths)
+        predictions = GivenPredictions(predictions.source, predictions.classes, predictions.probabilities, filepaths,
+                                       predictions.from_logits)
+    rows_for(predictions, filepaths, partial=partial)
+    check_labels(predictions, [record.label for record in records])
+    return predictions
+
+
+def attach(dataset, predictions: GivenPredictions, *, partial: bool = False) -> dict:
+    """Store the predictions on the dataset's samples (``given_probabilities``, in ``classes`` order) and
+    what they are in ``dataset.info["audit"]["predictions"]``; returns that record."""
+    field = db.label_field(dataset)
+    ids, filepaths, labels = dataset.values(["id", "filepath", f"{field}.label"])
+    rows = rows_for(predictions, filepaths, partial=partial)
+    check_labels(predictions, labels)
+    index = {name: i for i, name in enumerate(predictions.classes)}
+    share = in_sample_share(rows, [index.get(label) for label in labels])
+    if not dataset.has_sample_field(names.GIVEN_PROBABILITIES):
+        dataset.add_sample_field(names.GIVEN_PROBABILITIES, db.fo.VectorField)
+    dataset.set_values(names.GIVEN_PROBABILITIES, dict(zip(ids, rows)), key_field="id")
+    record = {"source": predictions.source, "described": predictions.describe(), "classes": list(predictions.classes),
+              "sha256": hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:16],
+              "from_logits": predictions.from_logits,
+              "in_sample_share": round(share, 4), "in_sample": share >= MEMORISED_SHARE}
+    db.save_audit_info(dataset, predictions=record)
+    return record
+
+
+def combine(given: np.ndarray, fitted: np.ndarray | None, label_indices: list[int | None]) -> tuple[np.ndarray, list[float]]:
+    """The given probabilities weighed with the audit's own (``fitted``: a head fitted out of fold on
+    the embeddings, in the same columns; NaN where it does not know a class): the distribution
+    softmax(w1 log p_given + w2 log p_fitted), the weights (>= 0) those under which the labels are
+    most likely. Averaging in fixed proportions lowers the ranking when the audit's evidence is the
+    weaker (cifar10n-dev, ResNet-18: AP 0.888 -> 0.883 at one part in five); weighed, it is never much
+    below the given alone and above it where the evidence adds (0.961 -> 0.964 on the worst labels)."""
+    if fitted is None:
+        return given, [1.0]
+    log_given = np.log(np.clip(given, 1e-6, 1.0))
+    log_fitted = np.where(np.isnan(fitted), log_given, np.log(np.clip(np.nan_to_num(fitted), 1e-6, 1.0)))
+    rows = np.array([row for row, index in enumerate(label_indices) if index is not None])
+    if len(rows) == 0:
+        return given, [1.0, 0.0]
+    chosen = np.array([label_indices[row] for row in rows])
+
+    def negative_log_likelihood(weights: np.ndarray) -> float:
+        z = weights[0] * log_given[rows] + weights[1] * log_fitted[rows]
+        z -= z.max(axis=1, keepdims=True)
+        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(rows)), chosen]))
+
+    from scipy.optimize import minimize
+
+    weights = minimize(negative_log_likelihood, np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[(0.0, 5.0)] * 2).x
+    z = weights[0] * log_given + weights[1] * log_fitted
+    z -= z.max(axis=1, keepdims=True)
+    combined = np.exp(z)
+    return (combined / combined.sum(axis=1, keepdims=True)).astype(np.float32), [round(float(w), 4) for w in weights]
+
+
+def label_quantiles(probabilities: np.ndarray, label_indices: list[int | None]) -> np.ndarray:
+    """Per sample, how suspect its label is against the others', in [0, 1] (1 = the most suspect):
+    the mean of its ranks by cleanlab's two scores, self-confidence (1 - p(label)) and normalised
+    margin (p(label) - max p(other)), over the dataset. On cifar10n-dev's five models and two label
+    sets the mean rank ranks the wrong labels at least as well as the better of the two in 9 of 10
+    (the tenth 0.001 below), where each alone falls behind the other on one label set (ResNet-18:
+    self-confidence 0.888 / 0.957, normalised margin 0.866 / 0.961, the mean rank 0.888 / 0.963).
+    NaN for an unlabelled sample."""
+    from scipy.stats import rankdata
+
+    quantiles = np.full(len(probabilities), np.nan)
+    rows = np.array([row for row, index in enumerate(label_indices) if index is not None])
+    if len(rows) == 0:
+        return quantiles
+    chosen = np.array([label_indices[row] for row in rows])
+    p = probabilities[rows]
+    given = p[np.arange(len(rows)), chosen]
+    others = p.copy()
+    others[np.arange(len(rows)), chosen] = -1.0
+    self_confidence, margin = 1.0 - given, others.max(axis=1) - given
+    mean_rank = (rankdata(self_confidence) + rankdata(margin)) / 2.0
+    quantiles[rows] = (mean_rank - 1.0) / max(len(rows) - 1, 1)
+    return quantiles
