@@ -170,6 +170,21 @@ def test_your_predictions_judge_the_labels(given):
     assert all(Path(path).is_file() for path in dataset.values(f"{names.EIGENCAM}.map_path"))  # the model still explains
 
 
+def test_your_classifier_explains_while_your_predictions_judge(given, user):
+    table, rows, matrix, root, planted = given
+    _folder, _planted, weights, classes, _ = user
+    result = scan("csv", "--root", str(table), "--name", "given-and-model", "--model", "timm:tf_efficientnet_lite0",
+                  "--weights", str(weights), "--classes", str(classes), "--predictions",
+                  str(predictions_csv(root / "both.csv", [f for f, _ in rows], matrix)))
+    assert result.exit_code == 0, result.output
+    assert "head: given (" in result.output
+    dataset = db.load_dataset("given-and-model")
+    assert db.audit_info(dataset)["scan"]["models"][0]["weights"] == str(weights)
+    first = db.flagged_view(dataset).first()
+    assert first.filepath == str(planted) and first[names.SUGGESTED] == "kitty"
+    assert first[names.GRADCAM_GIVEN] is not None  # the class maps of your model, which knows the labels
+
+
 def test_logits_are_recognised_and_said(given):
     table, rows, matrix, root, planted = given
     logits = np.log(np.clip(matrix, 1e-6, 1)) + 3.0  # what a classifier's last layer gives, up to a constant

@@ -92,7 +92,7 @@ def _read_csv(path: Path, classes: tuple[str, ...] | None) -> GivenPredictions:
                 rows.append([float(value) for value in row[1:]])
             except ValueError:
                 raise InputError(f"{path}:{line}: a value is not a number") from None
-            keys.append(absolute_path(path.parent / row[0].strip()))
+            keys.append(row[0].strip())
     if not rows:
         raise InputError(f"{path} has no rows")
     repeated = _first_repeat(keys)
@@ -148,13 +148,14 @@ def rows_for(predictions: GivenPredictions, filepaths: list[str], *, partial: bo
             raise InputError(f"{predictions.source} has {len(predictions.probabilities)} rows, but the source has "
                              f"{len(filepaths)} images: an .npy's rows follow the CSV source's rows")
         return predictions.probabilities
-    position = {key: row for row, key in enumerate(predictions.keys)}
+    position = _positions(predictions, filepaths)
     lacking = [path for path in filepaths if path not in position]
     if lacking:
         raise InputError(f"{predictions.source} has no row for {len(lacking)} of the dataset's images "
                          f"(the first: {lacking[0]})")
     known = set(filepaths)
-    extra = [] if partial else [key for key in predictions.keys if key not in known]
+    matched = {row for path, row in position.items() if path in known}
+    extra = [] if partial else [key for row, key in enumerate(predictions.keys) if row not in matched]
     if extra:
         raise InputError(f"{predictions.source} has rows for {len(extra)} files the dataset lacks (the first: {extra[0]})")
     return predictions.probabilities[[position[path] for path in filepaths]]
@@ -186,6 +187,29 @@ def _difference(have: tuple[str, ...], want: tuple[str, ...]) -> str:
     parts = ([f"not in --classes: {', '.join(extra[:5])}"] if extra else []) + \
         ([f"missing: {', '.join(missing[:5])}"] if missing else [])
     return "; ".join(parts)
+
+
+def _positions(predictions: GivenPredictions, filepaths: list[str]) -> dict[str, int]:
+    """Dataset file -> its row of ``predictions``. A row's path is absolute, or relative to the
+    predictions file's folder, or else the end of one dataset file's path (written as in the labels
+    CSV, relative to its folder): ``images/00007.jpg`` names ``/data/cifar/images/00007.jpg``."""
+    known = set(filepaths)
+    base = Path(predictions.source).parent
+    by_tail: dict[int, dict[str, str | None]] = {}
+    position = {}
+    for row, key in enumerate(predictions.keys):
+        path = absolute_path(base / key)
+        if path not in known and not Path(key).is_absolute():
+            depth = len(Path(key).parts)
+            if depth not in by_tail:
+                tails: dict[str, str | None] = {}
+                for filepath in filepaths:
+                    tail = "/".join(Path(filepath).parts[-depth:])
+                    tails[tail] = None if tail in tails else filepath  # None: two files end alike
+                by_tail[depth] = tails
+            path = by_tail[depth].get("/".join(Path(key).parts)) or path
+        position[path] = row
+    return position
 
 
 def _first_repeat(keys: list[str]) -> str | None:
@@ -261,15 +285,7 @@ def combine(given: np.ndarray, fitted: np.ndarray | None, label_indices: list[in
 
 
 def label_quantiles(probabilities: np.ndarray, label_indices: list[int | None]) -> np.ndarray:
-    """Per sample, how suspect its label is against the others', in [0, 1] (1 = the most suspect):
-    the mean of its ranks by cleanlab's two scores, self-confidence (1 - p(label)) and normalised
-    margin (p(label) - max p(other)), over the dataset. On cifar10n-dev's five models and two label
-    sets the mean rank ranks the wrong labels at least as well as the better of the two in 9 of 10
-    (the tenth 0.001 below), where each alone falls behind the other on one label set (ResNet-18:
-    self-confidence 0.888 / 0.957, normalised margin 0.866 / 0.961, the mean rank 0.888 / 0.963).
-    NaN for an unlabelled sample."""
-    from scipy.stats import rankdata
-
+    """`standing_quantiles` of each sample's label under ``probabilities`` (NaN where unlabelled)."""
     quantiles = np.full(len(probabilities), np.nan)
     rows = np.array([row for row, index in enumerate(label_indices) if index is not None])
     if len(rows) == 0:
@@ -279,7 +295,18 @@ def label_quantiles(probabilities: np.ndarray, label_indices: list[int | None]) 
     given = p[np.arange(len(rows)), chosen]
     others = p.copy()
     others[np.arange(len(rows)), chosen] = -1.0
-    self_confidence, margin = 1.0 - given, others.max(axis=1) - given
-    mean_rank = (rankdata(self_confidence) + rankdata(margin)) / 2.0
-    quantiles[rows] = (mean_rank - 1.0) / max(len(rows) - 1, 1)
+    quantiles[rows] = standing_quantiles(given, others.max(axis=1))
     return quantiles
+
+
+def standing_quantiles(given_prob: np.ndarray, max_other_prob: np.ndarray) -> np.ndarray:
+    """Per sample, how suspect its label is against the others', in [0, 1] (1 = the most suspect):
+    the mean of its ranks by cleanlab's two scores, self-confidence (1 - p(label)) and normalised
+    margin (p(label) - max p(other)), over the dataset. On cifar10n-dev's five models and two label
+    sets the mean rank ranks the wrong labels at least as well as the better of the two in 9 of 10
+    (the tenth 0.001 below), where each alone falls behind the other on one label set (ResNet-18:
+    self-confidence 0.888 / 0.957, normalised margin 0.866 / 0.961, the mean rank 0.888 / 0.963)."""
+    from scipy.stats import rankdata
+
+    mean_rank = (rankdata(1.0 - given_prob) + rankdata(max_other_prob - given_prob)) / 2.0
+    return (mean_rank - 1.0) / max(len(mean_rank) - 1, 1)

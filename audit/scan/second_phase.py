@@ -21,11 +21,12 @@ import torch
 from audit import names
 from audit.heads import given as given_head
 from audit.heads import neighbours
-from audit.heads.choice import FIT, GIVEN, HeadChoice
+from audit.heads.choice import FIT, GIVEN, MODEL, HeadChoice
 from audit.heads.fitted import FOLDS, SEED, FittedHeads, fit_heads
 from audit.models.registry import AuditModel
 from audit.scan.evidence import distribution_signals, embeddings_field, needs_second_opinion, whole_image_signals
 from audit.scan.kernel import BulkWriter, WithFoldHead
+from audit.score.policy import consensus
 from audit.signals import NeighbourVote, Signals
 from audit.store import db
 
@@ -71,6 +72,7 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
     votes = neighbours.votes(embeddings[0], labels, filepaths)
     fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind in (FIT, GIVEN) else None
     given = _given(root, scanned, len(ids), fitted, labels) if choice.kind == GIVEN else None
+    own = _own_head_quantiles(root, ids) if choice.kind == MODEL and not models[0].is_imagenet else None
     plane = principal_plane(embeddings[0]) if len(ids) > PLOT_TSNE_UP_TO else None
     del embeddings  # FiftyOne Brain's similarity index reads its own copy at the end
     task = progress.add_task("judging", total=len(todo)) if progress else None
@@ -81,6 +83,8 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
         stored = dict(zip(*root.select([ids[r] for r in rows]).values(["id", names.SIGNALS])))
         for row in rows:
             signals = replace(Signals.read(stored[ids[row]]), neighbours=NeighbourVote.read(votes[row]))
+            if own is not None and not np.isnan(own[row]):
+                signals = replace(signals, label_quantile=float(own[row]))
             if fitted is None:
                 writer.add(ids[row], {names.SIGNALS: signals.stored()})
                 continue
@@ -146,6 +150,27 @@ def _given(root, scanned, count: int, fitted: list[FittedHeads], labels: list[st
     indices = [classes.index(label) if label in classes else None for label in labels]
     combined, weights = given_head.combine(probabilities, aligned, indices)
     return GivenJudgement(classes, combined, given_head.label_quantiles(combined, indices), weights)
+
+
+def _own_head_quantiles(root, ids: list[str]) -> np.ndarray:
+    """Where the model is the user's own classifier (its head judging, not ImageNet's): each label's
+    `audit.heads.given.standing_quantiles` under the consensus of the whole image and its second
+    opinions (NaN where the model does not know the label), as for the user's predictions."""
+    given, other = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start:start + CHUNK]
+        stored = dict(zip(*root.select(chunk).values(["id", names.SIGNALS])))
+        for offset, sample_id in enumerate(chunk):
+            signals = Signals.read(stored[sample_id] or {})
+            if signals.given_index is None or signals.given_prob is None:
+                continue
+            agreed = consensus(signals, signals.views) if signals.views else signals.whole_image()
+            given[start + offset], other[start + offset] = agreed.given_prob, agreed.max_other_prob
+    known = ~np.isnan(given)
+    quantiles = np.full(len(ids), np.nan)
+    if known.any():
+        quantiles[known] = given_head.standing_quantiles(given[known], other[known])
+    return quantiles
 
 
 def _given_signals(stored: Signals, given: GivenJudgement, row: int, label: str | None,

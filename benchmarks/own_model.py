@@ -1,0 +1,160 @@
+"""Your own predictions and your own classifier on real human label noise (../shared/data/cifar10n-dev).
+
+5,000 CIFAR-10 training photos with Mechanical Turk labels (two label sets: the workers' majority,
+``aggre``, 428 wrong; a wrong worker label wherever one exists, ``worst``, 2,012 wrong), the
+out-of-fold probabilities of five real models for each, and a user's fine-tuned EfficientNet-Lite0
+(../shared/data/models/cifar10-lite0). Each label set is scanned once as a user would
+(`audit scan csv --root labels.csv --predictions FILE.csv`); each model's predictions are then
+attached in turn (the first phase is kept, the second phase and the scoring rerun). The user's own
+classifier is scanned on its own (`--model timm:tf_efficientnet_lite0 --weights model.pth --classes
+classes.txt`), its head judging. Figures, against the truth files:
+
+- AP and AUROC of ``mislabel_score``, beside cleanlab's self-confidence (1 - p[label]) and
+  normalised margin (p[label] - max p[other]) on the same probabilities, computed here;
+- triage: among the samples whose predicted class is not the label, the AUROC of ``mislabel_score``
+  for "the label is wrong" against "the label is right and the model is wrong", beside 1 - p[label];
+- how often ``suggested_label`` is the true class among the wrong labels, beside the probabilities'
+  best other class.
+
+    .venv/bin/python benchmarks/own_model.py                       # everything (about 25 minutes on 2 cores)
+    .venv/bin/python benchmarks/own_model.py --models resnet18 --no-user-model
+
+The database is FIFTYONE_DATABASE_URI's when set (scans are then kept between runs), else a
+throwaway mongod in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DATA = REPO.parent / "shared" / "data" / "cifar10n-dev"
+USER_MODEL = REPO.parent / "shared" / "data" / "models" / "cifar10-lite0"
+LABEL_SETS = {"aggre": ("labels.csv", "truth_aggre.csv"), "worst": ("labels_worst.csv", "truth_worst.csv")}
+MODELS = ("resnet18", "efficientnet_b1", "resnet50d", "swin_base_patch4_window7_224", "twins_pcpvt_base")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--label-sets", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
+    parser.add_argument("--no-user-model", action="store_true", help="leave the user's classifier out")
+    parser.add_argument("--limit", type=int, help="the first N photos only (a quick look, not the figures)")
+    args = parser.parse_args()
+    if not os.environ.get("FIFTYONE_DATABASE_URI"):
+        sys.path.insert(0, str(REPO / "tests"))
+        from throwaway_db import start_throwaway_database
+
+        start_throwaway_database(Path(tempfile.mkdtemp(prefix="audit-own-model-")))
+    sys.path.insert(0, str(REPO))
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(width=200)
+    rows = []
+    for label_set in args.label_sets:
+        labels_file, truth_file = LABEL_SETS[label_set]
+        truth = read_truth(DATA / truth_file)
+        for model in args.models:
+            rows.append(run_given(label_set, labels_file, model, truth, args.limit))
+            out.print(row_text(rows[-1]))
+        if not args.no_user_model:
+            rows.append(run_user_model(label_set, labels_file, truth, args.limit))
+            out.print(row_text(rows[-1]))
+    table = Table("labels", "judged by", "AP", "AUROC", "SC AP", "NM AP", "AP / best", "triage AUROC",
+                  "1-p triage", "suggested", "best other", title="cifar10n-dev: wrong labels ranked first")
+    for row in rows:
+        table.add_row(row["labels"], row["by"], f"{row['ap']:.3f}", f"{row['auroc']:.3f}", f"{row['sc_ap']:.3f}",
+                      f"{row['nm_ap']:.3f}", f"{row['ap'] / max(row['sc_ap'], row['nm_ap']):.3f}",
+                      f"{row['triage']:.3f}", f"{row['triage_p']:.3f}", f"{row['suggested']:.0%}",
+                      f"{row['best_other']:.0%}")
+    out.print(table)
+
+
+def read_truth(path: Path) -> dict[str, tuple[int, str]]:
+    """absolute file -> (1 when its label is wrong, its true class)."""
+    with open(path, newline="") as handle:
+        return {str((path.parent / row["filepath"]).resolve()): (int(row["label_error"]), row["true_label"])
+                for row in csv.DictReader(handle)}
+
+
+def run_given(label_set: str, labels_file: str, model: str, truth: dict, limit: int | None) -> dict:
+    """The label set scanned with the embedded model, judged by ``model``'s out-of-fold predictions."""
+    import audit
+
+    request = audit.SourceRequest("csv", root=str(DATA / labels_file), name=f"cifar10n-{label_set}", limit=limit,
+                                  predictions=str(DATA / "predictions" / f"{model}_{label_set}.csv"))
+    dataset, _ = audit.load_source(request, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    with audit.scan_progress() as progress:
+        audit.audit_dataset(dataset, audit.load_models(audit.model_names()), progress=progress)
+    return figures(dataset, truth, label_set, f"{model} (given)")
+
+
+def run_user_model(label_set: str, labels_file: str, truth: dict, limit: int | None) -> dict:
+    """The label set scanned with the user's own classifier, its head judging."""
+    import audit
+
+    request = audit.SourceRequest("csv", root=str(DATA / labels_file), name=f"cifar10n-{label_set}-own", limit=limit)
+    dataset, _ = audit.load_source(request)
+    models = audit.load_models(["timm:tf_efficientnet_lite0"], weights=USER_MODEL / "model.pth",
+                               classes=USER_MODEL / "classes.txt")
+    with audit.scan_progress() as progress:
+        audit.audit_dataset(dataset, models, progress=progress)
+    return figures(dataset, truth, label_set, "your Lite0 (its head)")
+
+
+def figures(dataset, truth: dict, label_set: str, by: str) -> dict:
+    """The figures of the module's docstring for one judged dataset; the baselines on the judging
+    probabilities: the given ones (``given_probabilities``), else the model head's (its stored top classes)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from audit import names
+    from audit.signals import Signals
+    from audit.store import db
+
+    filepaths, labels, scores, suggested, stored = dataset.values(
+        ["filepath", f"{names.GROUND_TRUTH}.label", names.SCORE, names.SUGGESTED, names.SIGNALS])
+    predictions = db.audit_info(dataset).get("predictions")
+    if db.audit_info(dataset)["head"]["kind"] == "given":
+        classes = predictions["classes"]
+        probabilities = np.array(dataset.values(names.GIVEN_PROBABILITIES), dtype=np.float64)
+    else:
+        classes = sorted({label for s in stored for label, _ in Signals.read(s).top})
+        probabilities = np.zeros((len(stored), len(classes)))
+        for row, s in enumerate(stored):
+            for label, p in Signals.read(s).top:
+                probabilities[row, classes.index(label)] = p
+    label_index = np.array([classes.index(label) for label in labels])
+    rows = np.arange(len(labels))
+    given = probabilities[rows, label_index]
+    others = probabilities.copy()
+    others[rows, label_index] = -1.0
+    wrong = np.array([truth[path][0] for path in filepaths])
+    score = np.array([s if s is not None else 0.0 for s in scores])
+    disputed = probabilities.argmax(axis=1) != label_index
+    errors = np.flatnonzero(wrong == 1)
+    return {"labels": label_set, "by": by, "ap": average_precision_score(wrong, score),
+            "auroc": roc_auc_score(wrong, score), "sc_ap": average_precision_score(wrong, 1 - given),
+            "nm_ap": average_precision_score(wrong, others.max(axis=1) - given),
+            "triage": roc_auc_score(wrong[disputed], score[disputed]),
+            "triage_p": roc_auc_score(wrong[disputed], 1 - given[disputed]),
+            "suggested": np.mean([suggested[i] == truth[filepaths[i]][1] for i in errors]),
+            "best_other": np.mean([classes[int(others[i].argmax())] == truth[filepaths[i]][1] for i in errors])}
+
+
+def row_text(row: dict) -> str:
+    return (f"{row['labels']} {row['by']}: AP {row['ap']:.3f} (self-confidence {row['sc_ap']:.3f}, normalised margin "
+            f"{row['nm_ap']:.3f}), AUROC {row['auroc']:.3f}; triage AUROC {row['triage']:.3f} (1-p {row['triage_p']:.3f}); "
+            f"suggested = true class {row['suggested']:.0%} (best other class {row['best_other']:.0%})")
+
+
+if __name__ == "__main__":
+    main()
