@@ -17,6 +17,7 @@ from audit import names
 from audit.cli import app
 from audit.data.classes import resolve_imagenet_label
 from audit.models.registry import load_model
+from audit.review.report import build_report, judged_by
 from audit.store import db
 
 runner = CliRunner()
@@ -104,7 +105,9 @@ def test_your_classifier_judges_with_its_own_head_and_explains(user):
     assert first.filepath == str(planted)  # the cat filed under 'bike'
     assert first[names.CATEGORY] == names.SUSPECTED_MISLABEL and first[names.SUGGESTED] == "kitty"
     recorded = db.audit_info(dataset)["scan"]["models"][0]
-    assert recorded["weights"] == str(weights) and "classes" in recorded
+    assert recorded["weights"] == str(weights) and recorded["classes_file"] == str(classes)
+    assert "judged by the model's own head" in judged_by(dataset)
+    assert "explained by timm:tf_efficientnet_lite0 (model.pth)" in judged_by(dataset)
 
 
 def test_a_classes_file_that_is_not_the_head_s_size_is_refused(user, tmp_path):
@@ -168,6 +171,8 @@ def test_your_predictions_judge_the_labels(given):
     assert first[names.SUGGESTED] == "kitty"
     assert set(dataset.distinct(f"{names.PREDICTIONS}.label")) <= set(CLASSES)
     assert all(Path(path).is_file() for path in dataset.values(f"{names.EIGENCAM}.map_path"))  # the model still explains
+    page = build_report(dataset)  # the report says which head judged, and which model explained
+    assert f"judged by your predictions, {root / 'preds.csv'}" in page and "explained by efficientnet_lite0" in page
 
 
 def test_your_classifier_explains_while_your_predictions_judge(given, user):

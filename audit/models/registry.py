@@ -50,6 +50,7 @@ class AuditModel:
     weights_sha256: str | None
     device: torch.device
     config: str | None = None  # the user's model config file (preprocessing, class names), if any
+    classes_file: str | None = None  # the user's file of its head's class names, if any
     forward: FeatureForward = field(init=False, repr=False)
     _head: object = field(default=None, init=False, repr=False)
 
@@ -83,6 +84,8 @@ class AuditModel:
         own = {} if self.is_imagenet else {"classes": hashlib.sha256("\n".join(self.classes).encode()).hexdigest()[:12]}
         if self.config:
             own["config"] = self.config
+        if self.classes_file:
+            own["classes_file"] = self.classes_file
         return {"model": self.name, "weights": self.weights, "weights_sha256": self.weights_sha256,
                 "layer": self.target_layer, "preprocess": self.preprocess.describe(), **own}
 
@@ -170,7 +173,7 @@ def load_model(name: str = DEFAULT_MODEL, *, weights: str | Path | None = None, 
     salience = find_salience_layer(network, preprocess.crop, target)
     sha = file_sha256(Path(source)) if Path(source).is_file() else None
     return AuditModel(name, network, preprocess, classes, target, salience, str(source), sha, torch_device,
-                      own.config.path if own.config else None)
+                      own.config.path if own.config else None, str(own.classes) if own.classes else None)
 
 
 @dataclass(frozen=True)

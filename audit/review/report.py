@@ -37,11 +37,25 @@ class ReportError(AuditError):
     """The report could not be written; one line."""
 
 
+def judged_by(dataset) -> str:
+    """Which head judged the labels and which model explained, in a line (the panel and the report)."""
+    info = db.audit_info(dataset)
+    head = info.get("head")
+    models = info.get("scan", {}).get("models", [])
+    if not head or not models:
+        return "not scanned yet"
+    named = ", ".join(m["model"] + (f" ({Path(m['weights']).name})" if "classes" in m else "") for m in models)
+    kind = {"model": "the model's own head", "fit": "a head fitted on the embeddings (out of fold)",
+            "given": f"your predictions, {info.get('predictions', {}).get('source', '?')}"}.get(head["kind"], head["kind"])
+    return f"judged by {kind} ({head.get('why', '')}); explained by {named}"
+
+
 def summary_figures(collection) -> dict:
     """Counts per category, the mislabel_score histogram (20 bins over [0, 1], per category) and the
     review marks of a dataset or view, as plain data (the App panel and the report draw it)."""
     if not collection._root_dataset.has_sample_field(names.CATEGORY):
         return {"scanned": 0, "flagged": 0, "total": len(collection), "categories": [], "marks": {},
+                "judged_by": judged_by(collection._root_dataset),
                 "histogram": {"edges": [], "centres": [], "counts": [], "width": 1 / BINS, "by_category": {}}}
     categories, scores = collection.values([names.CATEGORY, names.SCORE])
     counts = Counter(c for c in categories if c)
@@ -61,6 +75,7 @@ def summary_figures(collection) -> dict:
         "histogram": {"edges": edges.tolist(), "centres": ((edges[:-1] + edges[1:]) / 2).round(3).tolist(),
                       "counts": total, "width": 1 / BINS, "by_category": by_category},
         "marks": marks_summary(collection),
+        "judged_by": judged_by(collection._root_dataset),
     }
 
 
@@ -206,6 +221,7 @@ def build_report(collection, top: int = 25, max_side: int = 210, title: str | No
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head><body><main>',
         f'<h1>{name}</h1><div class="meta">{len(collection)} samples · source {html.escape(str(info.get("source", "?")))}'
         f' · label field <code>{html.escape(label_field)}</code> · made {when}</div>',
+        f'<div class="meta">{html.escape(figures["judged_by"])}</div>',
         '<div class="summary"><div class="panel"><div class="figures">',
         f'<div class="figure"><b>{figures["scanned"]}</b>scanned</div>',
         f'<div class="figure"><b>{figures["flagged"]}</b>flagged</div>',

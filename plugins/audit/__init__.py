@@ -256,7 +256,7 @@ class RunAudit(foo.Operator):
         target = ctx.target_view()
         yield ctx.trigger("set_progress", dict(label=f"loading the model for {len(target)} sample(s)"))
         model_names = [n.strip() for n in (ctx.params.get("model") or "").split(",") if n.strip()]
-        models = load_models(model_names or _scanned_models(ctx.dataset))
+        models = load_models(model_names, device="auto") if model_names else _scanned_models_loaded(ctx.dataset)
         yield ctx.trigger("set_progress", dict(label=f"scanning {len(target)} sample(s)"))
         result = audit_dataset(target, models, options=ScanOptions(workers=0, restart=bool(ctx.params.get("redo"))))
         apply_app_defaults(ctx.dataset)  # the colours of the new `why` chips
@@ -274,6 +274,19 @@ def _done_with_last_settings(dataset, target) -> int:
     from audit.scan.pending import count_shard
 
     return count_shard(target, key, (1, 1))[1]
+
+
+def _scanned_models_loaded(dataset):
+    """The models of the dataset's last scan, as it ran them: a single model of the user's with its own
+    weights, class names and config; else the models by name."""
+    from audit.models.registry import load_models
+
+    scanned = dataset.info.get("audit", {}).get("scan", {}).get("models", [])
+    if len(scanned) == 1 and ("classes" in scanned[0] or scanned[0].get("config")):
+        own = scanned[0]
+        return load_models([own["model"]], weights=own["weights"], classes=own.get("classes_file"),
+                           config=own.get("config"))
+    return load_models(_scanned_models(dataset))
 
 
 def _scanned_models(dataset) -> list[str]:
@@ -331,7 +344,7 @@ class AuditSummary(foo.Panel):
         panel = types.Object()
         panel.md(
             f"**{figures['total']} samples {shown}: {figures['flagged']} flagged**, {figures['scanned']} scanned "
-            f"(the dataset: {scanned} of {len(dataset)} scanned)\n\n"
+            f"(the dataset: {scanned} of {len(dataset)} scanned)\n\n{figures['judged_by']}\n\n"
             f"Review marks: relabel {marks.get('relabel', 0)} · label_ok {marks.get('label_ok', 0)} · "
             f"relabeled {marks.get('relabeled', 0)}", name="summary")
         panel.btn("show_review", label="Review the flagged: likely label errors first", on_click=self.show_review,
