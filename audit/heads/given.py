@@ -28,6 +28,7 @@ from audit.errors import InputError
 from audit.store import db
 
 SUM_TOLERANCE = 0.01  # a row of probabilities sums to 1 within this
+SHARES = tuple(i / 10 for i in range(11))  # the given probabilities' share against their neighbours' (`smooth`)
 # In-sample telltale: the label is the top class at this probability or more on this share of the samples.
 MEMORISED_PROB, MEMORISED_SHARE = 0.95, 0.9
 
@@ -254,34 +255,28 @@ def attach(dataset, predictions: GivenPredictions, *, partial: bool = False) -> 
     return record
 
 
-def combine(given: np.ndarray, fitted: np.ndarray | None, label_indices: list[int | None]) -> tuple[np.ndarray, list[float]]:
-    """The given probabilities weighed with the audit's own (``fitted``: a head fitted out of fold on
-    the embeddings, in the same columns; NaN where it does not know a class): the distribution
-    softmax(w1 log p_given + w2 log p_fitted), the weights (>= 0) those under which the labels are
-    most likely. Averaging in fixed proportions lowers the ranking when the audit's evidence is the
-    weaker (cifar10n-dev, ResNet-18: AP 0.888 -> 0.883 at one part in five); weighed, it is never much
-    below the given alone and above it where the evidence adds (0.961 -> 0.964 on the worst labels)."""
-    if fitted is None:
-        return given, [1.0]
-    log_given = np.log(np.clip(given, 1e-6, 1.0))
-    log_fitted = np.where(np.isnan(fitted), log_given, np.log(np.clip(np.nan_to_num(fitted), 1e-6, 1.0)))
+def smooth(given: np.ndarray, neighbour_rows: np.ndarray, label_indices: list[int | None]) -> tuple[np.ndarray, float]:
+    """The given probabilities with the audit's own evidence weighed in: each sample's distribution
+    mixed with the mean of its nearest neighbours' in the model's embedding space (``neighbour_rows``),
+    a * p + (1 - a) * mean(p of the neighbours), at the share ``a`` (0 to 1 by tenths) under which the
+    labels are most likely. Where the neighbours add nothing, ``a`` is 1 and the given probabilities
+    stand alone. On cifar10n-dev (five models' out-of-fold probabilities, EfficientNet-Lite0's
+    embeddings): ``a`` = 1 on every model with the majority labels; 0.8 to 1 with the worst labels,
+    where it raises the AP of every model (ResNet-18 0.963 -> 0.966). A head fitted on the embeddings
+    and multiplied in at the weight that makes the labels most likely lowered the AP instead
+    (0.888 -> 0.885), as did any fixed share (0.883 at one part in five)."""
     rows = np.array([row for row, index in enumerate(label_indices) if index is not None])
-    if len(rows) == 0:
-        return given, [1.0, 0.0]
+    if len(rows) == 0 or neighbour_rows.shape[1] == 0:
+        return given, 1.0
     chosen = np.array([label_indices[row] for row in rows])
+    around = given[neighbour_rows].mean(axis=1)
 
-    def negative_log_likelihood(weights: np.ndarray) -> float:
-        z = weights[0] * log_given[rows] + weights[1] * log_fitted[rows]
-        z -= z.max(axis=1, keepdims=True)
-        return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(rows)), chosen]))
+    def negative_log_likelihood(share: float) -> float:
+        mixed = share * given[rows, chosen] + (1 - share) * around[rows, chosen]
+        return float(-np.mean(np.log(np.clip(mixed, 1e-9, 1.0))))
 
-    from scipy.optimize import minimize
-
-    weights = minimize(negative_log_likelihood, np.array([1.0, 0.0]), method="L-BFGS-B", bounds=[(0.0, 5.0)] * 2).x
-    z = weights[0] * log_given + weights[1] * log_fitted
-    z -= z.max(axis=1, keepdims=True)
-    combined = np.exp(z)
-    return (combined / combined.sum(axis=1, keepdims=True)).astype(np.float32), [round(float(w), 4) for w in weights]
+    share = min(SHARES, key=negative_log_likelihood)
+    return (share * given + (1 - share) * around).astype(np.float32), float(share)
 
 
 def label_quantiles(probabilities: np.ndarray, label_indices: list[int | None]) -> np.ndarray:

@@ -70,8 +70,8 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
         return SecondPhaseSummary(0, 0, choice.kind)
     embeddings = [stored_embeddings(scanned, embeddings_field(models, index), len(ids)) for index in range(len(models))]
     votes = neighbours.votes(embeddings[0], labels, filepaths)
-    fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind in (FIT, GIVEN) else None
-    given = _given(root, scanned, len(ids), fitted, labels) if choice.kind == GIVEN else None
+    fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind == FIT else None
+    given = _given(root, scanned, embeddings[0], labels) if choice.kind == GIVEN else None
     own = _own_head_quantiles(root, ids) if choice.kind == MODEL and not models[0].is_imagenet else None
     plane = principal_plane(embeddings[0]) if len(ids) > PLOT_TSNE_UP_TO else None
     del embeddings  # FiftyOne Brain's similarity index reads its own copy at the end
@@ -85,12 +85,12 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
             signals = replace(Signals.read(stored[ids[row]]), neighbours=NeighbourVote.read(votes[row]))
             if own is not None and not np.isnan(own[row]):
                 signals = replace(signals, label_quantile=float(own[row]))
-            if fitted is None:
-                writer.add(ids[row], {names.SIGNALS: signals.stored()})
-                continue
             if given is not None:
                 signals, prediction = _given_signals(signals, given, row, labels[row], keep_views=choice.model_knows_labels)
                 writer.add(ids[row], {names.SIGNALS: signals.stored(), names.PREDICTIONS: prediction})
+                continue
+            if fitted is None:
+                writer.add(ids[row], {names.SIGNALS: signals.stored()})
                 continue
             signals, prediction, in_doubt = _fitted_signals(signals, fitted, row, labels[row])
             if in_doubt and evidence_options.second_opinion:
@@ -124,32 +124,28 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
     writer.flush()
     index_embeddings(scanned, plane)
     if given is not None:
-        db.save_audit_info(root, head={**choice.info(), "weights": given.weights})
+        db.save_audit_info(root, head={**choice.info(), "given_share": given.share})
     return SecondPhaseSummary(writer.written, len(doubt), choice.kind)
 
 
 @dataclass
 class GivenJudgement:
-    """The user's predictions weighed with the fitted head (`audit.heads.given.combine`), in their classes."""
+    """The user's predictions with their neighbours' weighed in (`audit.heads.given.smooth`), in their classes."""
 
     classes: list[str]
     probabilities: np.ndarray
     quantiles: np.ndarray
-    weights: list[float]
+    share: float  # the given probabilities' own share against their neighbours'
 
 
-def _given(root, scanned, count: int, fitted: list[FittedHeads], labels: list[str | None]) -> GivenJudgement:
-    """The given probabilities of the scanned samples, weighed with the fitted heads' out-of-fold ones."""
+def _given(root, scanned, embeddings: np.ndarray, labels: list[str | None]) -> GivenJudgement:
+    """The given probabilities of the scanned samples, their neighbours' in the embeddings weighed in."""
     classes = db.audit_info(root)["predictions"]["classes"]
-    probabilities = stored_embeddings(scanned, names.GIVEN_PROBABILITIES, count)
-    own = np.mean([f.probabilities for f in fitted], axis=0)
-    aligned = np.full_like(probabilities, np.nan)
-    for column, name in enumerate(classes):
-        if name in fitted[0].classes:
-            aligned[:, column] = own[:, fitted[0].classes.index(name)]
+    probabilities = stored_embeddings(scanned, names.GIVEN_PROBABILITIES, len(embeddings))
     indices = [classes.index(label) if label in classes else None for label in labels]
-    combined, weights = given_head.combine(probabilities, aligned, indices)
-    return GivenJudgement(classes, combined, given_head.label_quantiles(combined, indices), weights)
+    nearest, _similarity = neighbours.nearest(embeddings, min(neighbours.K, len(embeddings) - 1))
+    smoothed, share = given_head.smooth(probabilities, nearest, indices)
+    return GivenJudgement(classes, smoothed, given_head.label_quantiles(smoothed, indices), share)
 
 
 def _own_head_quantiles(root, ids: list[str]) -> np.ndarray:
@@ -175,7 +171,7 @@ def _own_head_quantiles(root, ids: list[str]) -> np.ndarray:
 
 def _given_signals(stored: Signals, given: GivenJudgement, row: int, label: str | None,
                    keep_views: bool) -> tuple[Signals, object]:
-    """The sample's signals judged by the user's predictions (weighed with the fitted head): the
+    """The sample's signals judged by the user's predictions (their neighbours' weighed in): the
     whole image's figures and the label's quantile; the first phase's Eigen-CAM figures, and its
     second opinions where the model's own head knows the labels."""
     classes = given.classes
