@@ -45,3 +45,25 @@ def scan_sample(name: str):
     result = CliRunner().invoke(app, ["scan", "sample", "--name", name, "--workers", "0"])
     assert result.exit_code == 0, result.output
     return db.load_dataset(name)
+
+
+@pytest.fixture
+def execute(monkeypatch):
+    """execute(operator, **kwargs) -> (the operator's result, the notifications it sent): the App's
+    plugin operator run as the App runs it."""
+    import fiftyone.operators as foo
+
+    from audit.review.app import PLUGINS_DIR
+    from audit.store import db
+
+    monkeypatch.setattr(db.fo.config, "plugins_dir", str(PLUGINS_DIR))
+
+    def run(operator: str, **kwargs):
+        executed = foo.execute_operator(f"@audit/audit/{operator}", **kwargs)
+        executed.raise_exceptions()  # a traceback in the App would be an exception here
+        messages = executed.result if isinstance(executed.result, list) else []
+        sent = [*executed.executor.to_json()["requests"], *(m.body.to_json() for m in messages if m.body)]
+        notes = [r["params"] for r in sent if r.get("operator_uri", "").endswith("notify")]
+        return executed.result, notes
+
+    return run

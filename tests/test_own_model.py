@@ -110,6 +110,14 @@ def test_your_classifier_judges_with_its_own_head_and_explains(user):
     assert "explained by timm:tf_efficientnet_lite0 (model.pth)" in judged_by(dataset)
 
 
+def test_the_app_s_run_audit_form_reruns_your_classifier_as_the_scan_ran_it(user, execute):
+    dataset = db.load_dataset("own-model")  # scanned by the test above
+    one = dataset.match(db.F("filepath").ends_with("planted_cat.jpg"))
+    _, notes = execute("run_audit", view=one, params={"redo": True})
+    assert not [n for n in notes if n["variant"] == "error"], notes
+    assert one.first()[names.PREDICTIONS].label in CLASSES
+
+
 def test_a_classes_file_that_is_not_the_head_s_size_is_refused(user, tmp_path):
     folder, _planted, weights, _classes, _ = user
     three = tmp_path / "three.txt"

@@ -6,7 +6,6 @@ import pytest
 from conftest import scan_sample
 from typer.testing import CliRunner
 
-from audit.review.app import PLUGINS_DIR
 from audit.store import db
 from audit.store.lock import ScanLock
 
@@ -17,24 +16,6 @@ NAME = "plugin-errors"
 @pytest.fixture(scope="module")
 def dataset():
     return scan_sample(NAME)
-
-
-@pytest.fixture
-def execute(monkeypatch):
-    """execute(operator, **kwargs) -> (the operator's result, the notifications it sent)."""
-    import fiftyone.operators as foo
-
-    monkeypatch.setattr(db.fo.config, "plugins_dir", str(PLUGINS_DIR))
-
-    def run(operator: str, **kwargs):
-        executed = foo.execute_operator(f"@audit/audit/{operator}", **kwargs)
-        executed.raise_exceptions()  # a traceback in the App would be an exception here
-        messages = executed.result if isinstance(executed.result, list) else []
-        sent = [*executed.executor.to_json()["requests"], *(m.body.to_json() for m in messages if m.body)]
-        notes = [r["params"] for r in sent if r.get("operator_uri", "").endswith("notify")]
-        return executed.result, notes
-
-    return run
 
 
 def held(dataset, doing: str = "scanned"):

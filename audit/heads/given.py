@@ -2,7 +2,8 @@
 ideally out of fold (cleanlab's ``pred_probs``), which judge the labels in place of a head of ours.
 
 Three layouts: a CSV ``filepath,<class>,<class>,...`` (one column a class, named; rows matched to the
-samples by file, paths absolute or relative to the CSV); an ``.npy`` N x C matrix whose rows follow
+samples by file: paths absolute, relative to the CSV, or as the labels CSV writes them); an ``.npy``
+N x C matrix whose rows follow
 the CSV source's rows and whose columns follow ``--classes``; or, for a FiftyOne dataset, a
 Classification field with ``logits`` (FiftyOne's convention, classes from ``dataset.classes``).
 Values that are not probabilities (rows not summing to 1) are taken for logits and turned into

@@ -244,6 +244,9 @@ class RunAudit(foo.Operator):
         already = f"; {done} already scanned with the last scan's settings" if done and not ctx.params.get("redo") else ""
         inputs.str("message", view=types.Notice(), label=f"{todo} of {len(target)} sample(s) will be scanned{already}, "
                    "on the machine running the App (about 0.1-0.5 s an image on a CPU)")
+        from audit.review.report import judged_by
+
+        inputs.str("judged", view=types.Notice(), label=f"Last scan: {judged_by(ctx.dataset)}")
         return types.Property(inputs, view=types.View(label="Run the audit"))
 
     @notifies_errors
@@ -256,7 +259,8 @@ class RunAudit(foo.Operator):
         target = ctx.target_view()
         yield ctx.trigger("set_progress", dict(label=f"loading the model for {len(target)} sample(s)"))
         model_names = [n.strip() for n in (ctx.params.get("model") or "").split(",") if n.strip()]
-        models = load_models(model_names, device="auto") if model_names else _scanned_models_loaded(ctx.dataset)
+        same = not model_names or model_names == _scanned_models(ctx.dataset)  # as the last scan ran them
+        models = _scanned_models_loaded(ctx.dataset) if same else load_models(model_names)
         yield ctx.trigger("set_progress", dict(label=f"scanning {len(target)} sample(s)"))
         result = audit_dataset(target, models, options=ScanOptions(workers=0, restart=bool(ctx.params.get("redo"))))
         apply_app_defaults(ctx.dataset)  # the colours of the new `why` chips
