@@ -504,14 +504,16 @@ def relabel(
 @command
 def app_command(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
-    view: Annotated[Optional[str], typer.Option(help="Saved view to open (default: audit-flagged).")] = None,
+    view: Annotated[Optional[str], typer.Option(
+        help="Saved view to open (default: audit-review, likely label errors first).")] = None,
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default: FiftyOne's, 5151).")] = None,
     address: Annotated[str, typer.Option(
         help="Address to serve on; 0.0.0.0 exposes the App to the network.")] = settings.DEFAULT_APP_ADDRESS,
 ) -> None:
     """Open the FiftyOne App on the flagged samples, with the audit plugin; runs until Ctrl-C.
 
-    The saved view audit-flagged (most suspect first) opens unless --view names another; the
+    The saved view audit-review (likely label errors first, each category most suspect first) opens
+    unless --view names another (audit-flagged: every flagged sample, most suspect first); the
     plugin's operators mark, export, relabel and re-run the audit from the App."""
     from audit.review import app as audit_app
     from audit.store import db

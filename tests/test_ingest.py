@@ -3,6 +3,7 @@ layout gives the same FiftyOne labels, boxes and sizes; the CLI reports malforme
 
 from __future__ import annotations
 
+import mimetypes
 import os
 from pathlib import Path
 
@@ -46,8 +47,10 @@ def reference_sample(record: Record):
     size = image_size(record)
     sample = fo.Sample(filepath=record.filepath)
     sample[names.GROUND_TRUTH] = ground_truth_label(record.label)
+    sample.metadata = fo.ImageMetadata(size_bytes=Path(record.filepath).stat().st_size,
+                                       mime_type=mimetypes.guess_type(record.filepath)[0])
     if size:
-        sample.metadata = fo.ImageMetadata(width=size[0], height=size[1])
+        sample.metadata.width, sample.metadata.height = size
     if record.boxes and size:
         labels = {box.label: ground_truth_label(box.label) for box in record.boxes}
         sample[names.GT_BOXES] = fo.Detections(detections=[
@@ -161,8 +164,10 @@ def test_every_layout_gives_the_same_samples(tmp_path, photos, layout):
         assert got[name][:4] == (label, index, wnid, size), name
         assert [b[0] for b in got[name][4]] == [b[0] for b in boxes]
         assert got[name][4] == [(b[0], pytest.approx(b[1], abs=1e-12)) for b in boxes]
-    for path, width, height in zip(*dataset.values(["filepath", "metadata.width", "metadata.height"])):
+    for path, width, height, size_bytes, mime in zip(*dataset.values(["filepath", "metadata.width", "metadata.height",
+                                                                      "metadata.size_bytes", "metadata.mime_type"])):
         assert Image.open(path).size == (width, height)
+        assert size_bytes == Path(path).stat().st_size and mime == "image/jpeg"
 
 
 def test_reingest_adds_nothing_whatever_the_spelling_of_root(tmp_path, photos, monkeypatch):

@@ -15,6 +15,7 @@ included (they are made from FiftyOne's own label classes); tests/test_ingest.py
 
 from __future__ import annotations
 
+import mimetypes
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -129,6 +130,19 @@ def _sizes(batch: list[tuple[str, Record]], pool: ThreadPoolExecutor) -> list[tu
     return sizes
 
 
+def _metadata(path: str, size: tuple[int, int] | None) -> dict:
+    """What FiftyOne's ImageMetadata holds and is cheap to know at ingest: the image's size when the
+    record or its header gave it, the file's bytes (a stat) and its MIME type (from its name)."""
+    metadata = {"_cls": "ImageMetadata", "mime_type": mimetypes.guess_type(path)[0]}
+    try:
+        metadata["size_bytes"] = os.stat(path).st_size
+    except OSError:  # a missing file is the scan's to report
+        pass
+    if size:
+        metadata.update(width=size[0], height=size[1])
+    return metadata
+
+
 class _Writer:
     """Sample documents for records, inserted in bulk into one image dataset."""
 
@@ -179,8 +193,7 @@ class _Writer:
     def _document(self, path: str, record: Record, size: tuple[int, int] | None, now: datetime) -> dict:
         doc = {"filepath": path, "tags": [], "created_at": now, "last_modified_at": now,
                "_media_type": "image", "_rand": _generate_rand(), "_dataset_id": self.dataset._doc.id}
-        if size:
-            doc["metadata"] = {"_cls": "ImageMetadata", "width": size[0], "height": size[1]}
+        doc["metadata"] = _metadata(path, size)
         truth = self._label(record.label)
         if truth is not None:
             doc[names.GROUND_TRUTH] = truth
