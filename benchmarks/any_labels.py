@@ -127,6 +127,8 @@ class Benchmark:
         ranked.update(self.cleanlab(targets, pred_probs, columns["embeddings"]))
         signals = [Signals.read(s) for s in columns["signals"]]
         ranked["neighbours"] = np.array([s.neighbours.other_share if s.neighbours else 0.0 for s in signals])
+        if all(s.head == "fit" for s in signals):  # the fitted head's score with self-confidence for its margin
+            ranked["fitted head: self-confidence + neighbours"] = np.array([fitted_self_confidence(s) for s in signals])
         if all(s.head != "fit" and s.given_prob is not None for s in signals):
             ranked["model head, all classes"] = np.array([normalised_margin_score(s.whole_image()) for s in signals])
             ranked["model head, the dataset's classes"] = self.restricted_margin(columns, classes)
@@ -219,6 +221,19 @@ class Benchmark:
         self._audit(flipped)
         is_error = np.array([1 if p in flipped_paths else 0 for p in paths])
         return flipped, is_error
+
+
+def fitted_self_confidence(signals) -> float:
+    """mislabel_score's fitted-head formula with self-confidence (1 - p(label)) in place of the
+    normalised margin, on the same consensus of the views and the same share of the neighbours' vote."""
+    from audit.score.policy import NEIGHBOURS_WEIGHT, consensus
+
+    if signals.given_prob is None:
+        return -1.0
+    agreed = consensus(signals, signals.views) if signals.views else signals.whole_image()
+    score = 1.0 - agreed.given_prob
+    vote = signals.neighbours
+    return (1 - NEIGHBOURS_WEIGHT) * score + NEIGHBOURS_WEIGHT * vote.other_share if vote and vote.k else score
 
 
 def recipe_probabilities(embeddings: np.ndarray, targets: np.ndarray) -> np.ndarray:

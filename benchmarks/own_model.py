@@ -44,7 +44,7 @@ MODELS = ("resnet18", "efficientnet_b1", "resnet50d", "swin_base_patch4_window7_
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--label-sets", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
     parser.add_argument("--no-user-model", action="store_true", help="leave the user's classifier out")
     parser.add_argument("--limit", type=int, help="the first N photos only (a quick look, not the figures)")

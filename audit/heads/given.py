@@ -295,14 +295,15 @@ def label_quantiles(probabilities: np.ndarray, label_indices: list[int | None]) 
     return quantiles
 
 
-def standing_quantiles(given_prob: np.ndarray, max_other_prob: np.ndarray) -> np.ndarray:
+def standing_quantiles(given_prob: np.ndarray, max_other_prob: np.ndarray, *, margin_share: float = 0.5) -> np.ndarray:
     """Per sample, how suspect its label is against the others', in [0, 1] (1 = the most suspect):
-    the mean of its ranks by cleanlab's two scores, self-confidence (1 - p(label)) and normalised
-    margin (p(label) - max p(other)), over the dataset. On cifar10n-dev's five models and two label
-    sets the mean rank ranks the wrong labels at least as well as the better of the two in 9 of 10
-    (the tenth 0.001 below), where each alone falls behind the other on one label set (ResNet-18:
-    self-confidence 0.888 / 0.957, normalised margin 0.866 / 0.961, the mean rank 0.888 / 0.963)."""
+    its rank by cleanlab's self-confidence (1 - p(label)) and, at ``margin_share``, by the normalised
+    margin (p(label) - max p(other)), over the dataset. For out-of-fold predictions the two at equal
+    shares: on cifar10n-dev's five models and two label sets the mean rank ranks the wrong labels at
+    least as well as the better of the two in 9 of 10 (the tenth 0.001 below), where each alone falls
+    behind the other on one label set (ResNet-18: self-confidence 0.888 / 0.957, normalised margin
+    0.866 / 0.961, the mean rank 0.888 / 0.963)."""
     from scipy.stats import rankdata
 
-    mean_rank = (rankdata(1.0 - given_prob) + rankdata(max_other_prob - given_prob)) / 2.0
+    mean_rank = ((1 - margin_share) * rankdata(1.0 - given_prob) + margin_share * rankdata(max_other_prob - given_prob))
     return (mean_rank - 1.0) / max(len(mean_rank) - 1, 1)

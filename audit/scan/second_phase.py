@@ -26,7 +26,6 @@ from audit.heads.fitted import FOLDS, SEED, FittedHeads, fit_heads
 from audit.models.registry import AuditModel
 from audit.scan.evidence import distribution_signals, embeddings_field, needs_second_opinion, whole_image_signals
 from audit.scan.kernel import BulkWriter, WithFoldHead
-from audit.score.policy import consensus
 from audit.signals import NeighbourVote, Signals
 from audit.store import db
 
@@ -150,8 +149,11 @@ def _given(root, scanned, embeddings: np.ndarray, labels: list[str | None]) -> G
 
 def _own_head_quantiles(root, ids: list[str]) -> np.ndarray:
     """Where the model is the user's own classifier (its head judging, not ImageNet's): each label's
-    `audit.heads.given.standing_quantiles` under the consensus of the whole image and its second
-    opinions (NaN where the model does not know the label), as for the user's predictions."""
+    rank by self-confidence on the whole image averaged with its mirror image (where it was asked for
+    a second opinion), as a share from 0 to 1 (NaN where the model does not know the label). On
+    cifar10n-dev's majority labels, the user's Lite0: AP 0.792 against 0.779 on the whole image alone;
+    the normalised margin ranks far below (0.695), the consensus with the object crops too (0.718:
+    a crop of a 32-pixel photo is a few pixels)."""
     given, other = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start:start + CHUNK]
@@ -160,12 +162,13 @@ def _own_head_quantiles(root, ids: list[str]) -> np.ndarray:
             signals = Signals.read(stored[sample_id] or {})
             if signals.given_index is None or signals.given_prob is None:
                 continue
-            agreed = consensus(signals, signals.views) if signals.views else signals.whole_image()
-            given[start + offset], other[start + offset] = agreed.given_prob, agreed.max_other_prob
+            mirror = (signals.views or {}).get("flip")
+            given[start + offset] = signals.given_prob if mirror is None else (signals.given_prob + mirror.given_prob) / 2
+            other[start + offset] = signals.max_other_prob
     known = ~np.isnan(given)
     quantiles = np.full(len(ids), np.nan)
     if known.any():
-        quantiles[known] = given_head.standing_quantiles(given[known], other[known])
+        quantiles[known] = given_head.standing_quantiles(given[known], other[known], margin_share=0.0)
     return quantiles
 
 
