@@ -50,7 +50,9 @@ class AuditResult:
 def load_source(request: SourceRequest, *, warn: Callable[[str], None] = print,
                 on_wait: Callable[[str], None] | None = None):
     """The persistent dataset of ``request``, with what is new ingested; returns (dataset, added).
-    Two loads of one source wait for each other (``on_wait`` hears why), then the second adds nothing."""
+    Two loads of one source wait for each other (``on_wait`` hears why), then the second adds nothing.
+    ``request.predictions`` are read, checked against the source's rows before anything is ingested
+    (one line, `audit.errors.InputError`, when they do not fit) and stored on its samples (`audit.heads.given`)."""
     name = request.name or default_name(request.source, request.root)
     given = _given_file(request)
     checked = {}

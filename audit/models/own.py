@@ -26,9 +26,6 @@ class ModelConfig:
     label_names: tuple[str, ...] | None
     preprocessing: dict
 
-    def describe(self) -> str:
-        return f"config {self.path}"
-
 
 def read_class_names(path: Path) -> tuple[str, ...]:
     """The head's class names, one a line in the head's order (blank lines and surrounding spaces dropped)."""
