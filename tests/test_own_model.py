@@ -10,6 +10,7 @@ import fiftyone as fo
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE_DATA
 from synthetic_images import OWN_CLASSES, own_classes_folder
 from typer.testing import CliRunner
 
@@ -196,6 +197,17 @@ def test_your_classifier_explains_while_your_predictions_judge(given, user):
     first = db.flagged_view(dataset).first()
     assert first.filepath == str(planted) and first[names.SUGGESTED] == "kitty"
     assert first[names.GRADCAM_GIVEN] is not None  # the class maps of your model, which knows the labels
+
+
+def test_samples_added_without_predictions_are_said_in_one_line(given, tmp_path):
+    table, rows, matrix, root, _planted = given
+    result = scan("csv", "--root", str(table), "--name", "given-grown", "--predictions",
+                  str(predictions_csv(root / "grown.csv", [f for f, _ in rows], matrix)))
+    assert result.exit_code == 0, result.output
+    grown = labels_csv(tmp_path / "grown.csv", rows + [(str(SAMPLE_DATA / "chelsea.jpg"), "kitty")])
+    result = scan("csv", "--root", str(grown), "--name", "given-grown")  # the new photo has no prediction
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith("error: 1 samples have no predictions (added since")
 
 
 def test_logits_are_recognised_and_said(given):

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from audit import names
+from audit.errors import InputError
 from audit.heads import given as given_head
 from audit.heads import neighbours
 from audit.heads.choice import FIT, GIVEN, MODEL, HeadChoice
@@ -139,7 +140,12 @@ class GivenJudgement:
 
 def _given(root, scanned, embeddings: np.ndarray, labels: list[str | None]) -> GivenJudgement:
     """The given probabilities of the scanned samples, their neighbours' in the embeddings weighed in."""
-    classes = db.audit_info(root)["predictions"]["classes"]
+    record = db.audit_info(root)["predictions"]
+    lacking = len(scanned) - len(scanned.exists(names.GIVEN_PROBABILITIES))
+    if lacking:
+        raise InputError(f"{lacking} samples have no predictions (added since {record['source']} was given): "
+                         "scan again with --predictions FILE covering them, or --head fit")
+    classes = record["classes"]
     probabilities = stored_embeddings(scanned, names.GIVEN_PROBABILITIES, len(embeddings))
     indices = [classes.index(label) if label in classes else None for label in labels]
     nearest, _similarity = neighbours.nearest(embeddings, min(neighbours.K, len(embeddings) - 1))
