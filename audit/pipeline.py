@@ -54,7 +54,8 @@ def load_source(request: SourceRequest, *, warn: Callable[[str], None] = print,
     ``request.predictions`` are read, checked against the source's rows before anything is ingested
     (one line, `audit.errors.InputError`, when they do not fit) and stored on its samples (`audit.heads.given`)."""
     name = request.name or default_name(request.source, request.root)
-    given = _given_file(request)
+    classes = read_class_names(Path(request.classes)) if request.classes else None
+    given = _given_file(request, classes)
     checked = {}
 
     def check(records):  # before anything is ingested: predictions that do not fit are refused
@@ -65,7 +66,6 @@ def load_source(request: SourceRequest, *, warn: Callable[[str], None] = print,
                                      label_field=request.label_field, layout=request.layout, limit=request.limit,
                                      warn=warn, boxes=request.boxes, check=check if given else None)
         if request.predictions:
-            classes = read_class_names(Path(request.classes)) if request.classes else None
             predictions = checked.get("predictions") or given or \
                 given_head.field_predictions(dataset, request.predictions, classes=classes)
             record = given_head.attach(dataset, predictions, partial=request.limit is not None)
@@ -76,11 +76,10 @@ def load_source(request: SourceRequest, *, warn: Callable[[str], None] = print,
     return dataset, added
 
 
-def _given_file(request: SourceRequest) -> given_head.GivenPredictions | None:
+def _given_file(request: SourceRequest, classes: tuple[str, ...] | None) -> given_head.GivenPredictions | None:
     """The predictions file of ``request`` read and checked on its own (None for a field's or none)."""
     if not request.predictions or (request.source == "fiftyone" and not Path(request.predictions).is_file()):
         return None
-    classes = read_class_names(Path(request.classes)) if request.classes else None
     return given_head.read_predictions(Path(request.predictions), classes=classes)
 
 

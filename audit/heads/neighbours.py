@@ -46,13 +46,18 @@ def nearest(embeddings: np.ndarray, k: int = K) -> tuple[np.ndarray, np.ndarray]
     return indices, similarity
 
 
-def votes(embeddings: np.ndarray, labels: list[str | None], filepaths: list[str], k: int = K) -> list[dict]:
-    """Per sample, the neighbours' vote (see the module's docstring); unlabelled neighbours do not
-    vote. ``k`` is at most one less than the median class's size: with eight photos a class, ten
-    neighbours would always include other classes."""
+def graph(embeddings: np.ndarray, labels: list[str | None], k: int = K) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbours the vote reads (`nearest`), ``k`` at most one less than the median class's size:
+    with eight photos a class, ten neighbours would always include other classes."""
     sizes = sorted(Counter(label for label in labels if label is not None).values())
-    k = max(1, min(k, sizes[len(sizes) // 2] - 1)) if sizes else k
-    indices, similarity = nearest(embeddings, k)
+    return nearest(embeddings, max(1, min(k, sizes[len(sizes) // 2] - 1)) if sizes else k)
+
+
+def votes(embeddings: np.ndarray, labels: list[str | None], filepaths: list[str], k: int = K, *,
+          around: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
+    """Per sample, the neighbours' vote (see the module's docstring); unlabelled neighbours do not
+    vote. ``around``: the `graph` when it is already known."""
+    indices, similarity = around if around is not None else graph(embeddings, labels, k)
     alike_mean = similarity.mean(axis=1) if similarity.shape[1] else np.zeros(len(similarity))
     rank = np.argsort(np.argsort(alike_mean, kind="stable"), kind="stable")
     unlike = (len(alike_mean) - 1 - rank) / max(len(alike_mean) - 1, 1)

@@ -69,9 +69,10 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
     if not todo:
         return SecondPhaseSummary(0, 0, choice.kind)
     embeddings = [stored_embeddings(scanned, embeddings_field(models, index), len(ids)) for index in range(len(models))]
-    votes = neighbours.votes(embeddings[0], labels, filepaths)
+    around = neighbours.graph(embeddings[0], labels)
+    votes = neighbours.votes(embeddings[0], labels, filepaths, around=around)
     fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind == FIT else None
-    given = _given(root, scanned, embeddings[0], labels) if choice.kind == GIVEN else None
+    given = _given(root, scanned, around[0], labels) if choice.kind == GIVEN else None
     own = _own_head_quantiles(root, ids) if choice.kind == MODEL and not models[0].is_imagenet else None
     plane = principal_plane(embeddings[0]) if len(ids) > PLOT_TSNE_UP_TO else None
     del embeddings  # FiftyOne Brain's similarity index reads its own copy at the end
@@ -138,17 +139,17 @@ class GivenJudgement:
     share: float  # the given probabilities' own share against their neighbours'
 
 
-def _given(root, scanned, embeddings: np.ndarray, labels: list[str | None]) -> GivenJudgement:
-    """The given probabilities of the scanned samples, their neighbours' in the embeddings weighed in."""
+def _given(root, scanned, nearest: np.ndarray, labels: list[str | None]) -> GivenJudgement:
+    """The given probabilities of the scanned samples, their neighbours' (``nearest``: the rows of each
+    one's nearest in the embeddings, as the vote reads them) weighed in."""
     record = db.audit_info(root)["predictions"]
     lacking = len(scanned) - len(scanned.exists(names.GIVEN_PROBABILITIES))
     if lacking:
         raise InputError(f"{lacking} samples have no predictions (added since {record['source']} was given): "
                          "scan again with --predictions FILE covering them, or --head fit")
     classes = record["classes"]
-    probabilities = stored_embeddings(scanned, names.GIVEN_PROBABILITIES, len(embeddings))
+    probabilities = stored_embeddings(scanned, names.GIVEN_PROBABILITIES, len(nearest))
     indices = [classes.index(label) if label in classes else None for label in labels]
-    nearest, _similarity = neighbours.nearest(embeddings, min(neighbours.K, len(embeddings) - 1))
     smoothed, share = given_head.smooth(probabilities, nearest, indices)
     return GivenJudgement(classes, smoothed, given_head.label_quantiles(smoothed, indices), share)
 
