@@ -52,7 +52,7 @@ def test_dominant_object_confidently_another_class_is_a_suspected_mislabel(signa
     assert verdict.mislabel_score > 0.9
     assert any("dominant object is classified 'espresso' too" in r for r in verdict.reasons)
     # the decisive reason first, and in a few words for the App's tiles
-    assert verdict.reasons[0] == "no evidence for 'tripod' in any view" and verdict.why == "no evidence for 'tripod'"
+    assert verdict.reasons[0] == "no evidence for 'tripod' in any view" and verdict.why == "'tripod'? no evidence"
 
 
 def test_label_with_evidence_on_the_dominant_object_is_a_classifier_failure(signals):

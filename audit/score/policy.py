@@ -305,16 +305,16 @@ def _label_favoured(case: Case) -> Verdict:
     if annotated and annotated.given_prob < NO_EVIDENCE and whole.given_prob >= CONFIDENT:
         return Verdict(BAD_BOX, case.score, [f"'{given}' at {whole.given_prob:.2f} on the whole image but "
                                              f"{annotated.given_prob:.3f} inside the ground-truth box"], None,
-                       f"'{given}' is not inside its box")
+                       f"'{given}' not in its box")
     if second and second.top_label != given and second.top_prob >= CONFIDENT:
         other = second.top_label
         if (case.signals.second_object_iou or 0.0) >= SAME_REGION:
             return case.verdict(AMBIGUOUS, f"two classes fit: '{given}', and '{other}' (at {second.top_prob:.2f}) "
                                            "where the second component points, on the same object",
-                                f"two classes fit: '{given}' or '{other}'")
+                                f"'{given}' or '{other}'? two classes fit")
         return case.verdict(AMBIGUOUS, f"two objects: '{given}', and a second object that is '{other}' "
                                        f"(at {second.top_prob:.2f}): the label names one of them",
-                            f"two objects: '{given}' and '{other}'")
+                            f"'{given}' and '{other}': two objects")
     if whole.max_other_prob >= TWO_CLASSES:
         return case.verdict(AMBIGUOUS, *two_classes(given, whole.given_prob, case.signals))
     lead = agreed.given_prob - agreed.max_other_prob
@@ -322,7 +322,7 @@ def _label_favoured(case: Case) -> Verdict:
         close = (f"the model is unsure: '{given}' leads other classes by only {lead:.2f}" if lead >= 0 else
                  f"the model is unsure: '{given}' and '{agreed.top_label}' are close "
                  f"({agreed.given_prob:.2f} and {agreed.top_prob:.2f} over the views)")
-        return case.verdict(CLASSIFIER_FAILURE, close, f"the model is unsure of '{given}'")
+        return case.verdict(CLASSIFIER_FAILURE, close, f"'{given}'? the model is unsure")
     # A near-duplicate labelled otherwise, where the model is sure of this label, is named but
     # not flagged: the twin is the suspect, flagged on its own (on the own-classes test folder,
     # flagging both put five right labels beside the one planted error).
@@ -348,13 +348,13 @@ def _label_disputed(case: Case) -> Verdict:
         return case.verdict(AMBIGUOUS, f"two objects: '{given}' is seen on {place} (at {view.top_prob:.2f}), and "
                                        f"'{other_object.top_label}' (at {other_object.top_prob:.2f}): "
                                        "the label may name either",
-                            f"two objects: '{given}' and '{other_object.top_label}'")
+                            f"'{given}' and '{other_object.top_label}': two objects")
     if case.dominant_is_another or (agreed.top_prob >= CONFIDENT and case.evidence < NO_EVIDENCE):
         where = case.crop_name if dominant else "the whole image"
         if case.evidence < NO_EVIDENCE:
-            return case.verdict(SUSPECTED_MISLABEL, f"no evidence for '{given}' in any view", f"no evidence for '{given}'")
+            return case.verdict(SUSPECTED_MISLABEL, f"no evidence for '{given}' in any view", f"'{given}'? no evidence")
         return case.verdict(SUSPECTED_MISLABEL, f"little evidence for '{given}' on {where} ({case.judged.given_prob:.2f})",
-                            f"{where} is '{case.judged.top_label}'")
+                            f"'{case.judged.top_label}' not '{given}'")
     if case.signals.given_rank == 2 and whole.given_prob >= TWO_CLASSES:
         return case.verdict(AMBIGUOUS, *two_classes(given, whole.given_prob, case.signals))
     places = ((case.crop_name, dominant), ("the annotated object", annotated),
@@ -364,11 +364,11 @@ def _label_disputed(case: Case) -> Verdict:
         place = max(on_object, key=on_object.get)
         return case.verdict(CLASSIFIER_FAILURE, f"'{given}' is seen on {place} (at {on_object[place]:.2f} there): the "
                                                 "model looks elsewhere",
-                            f"'{given}' is seen but the model looks elsewhere")
+                            f"'{given}' seen; the model looks elsewhere")
     if case.second_share >= SECOND_OBJECT_SHARE or agreed.top_prob >= CONFIDENT:
         return case.verdict(SUSPECTED_MISLABEL, f"little evidence for '{given}' in any view (at most "
                                                 f"{case.evidence:.2f}); the model sees '{agreed.top_label}'",
-                            f"little evidence for '{given}'")
+                            f"'{given}'? little evidence")
     return case.verdict(CLASSIFIER_FAILURE, "the model is unsure", "the model is unsure")
 
 
@@ -435,8 +435,8 @@ def _unseen_class(signals: Signals, score: float, reasons: list[str]) -> Verdict
     more samples, all of them fell into one fold and there is nothing to judge this one by."""
     given = signals.given_label
     if (signals.class_examples or 0) <= 1:
-        return Verdict(SUSPECTED_MISLABEL, score, reasons, signals.pred_label, f"the only '{given}'")
-    return Verdict(AMBIGUOUS, None, reasons, None, f"too few '{given}' to judge")
+        return Verdict(SUSPECTED_MISLABEL, score, reasons, signals.pred_label, f"'{given}': the only one")
+    return Verdict(AMBIGUOUS, None, reasons, None, f"'{given}': too few to judge")
 
 
 def none_of_the_classes(signals: Signals) -> str | None:
@@ -460,7 +460,7 @@ def two_classes(given: str, given_prob: float, signals: Signals) -> tuple[str, s
     pairs = list(zip(signals.top_labels or [], signals.top_probs or []))[:2]
     other, other_prob = next(((label, prob) for label, prob in pairs if label != given), ("?", 0.0))
     return (f"two classes fit: '{given}' at {given_prob:.2f} and '{other}' at {other_prob:.2f}: several objects, "
-            "or classes that overlap"), f"two classes fit: '{given}' or '{other}'"
+            "or classes that overlap"), f"'{given}' or '{other}'? two classes fit"
 
 
 def second_object_reason(second: Distribution | None, share: float) -> str:
