@@ -24,6 +24,7 @@ HEAD_DONE = "audit_head_done"  # the key of the second phase (head, neighbours) 
 GIVEN_PROBABILITIES = "given_probabilities"  # the user's predictions (--predictions), classes in info["audit"]
 SIMILARITY_KEY = "audit_similarity"  # FiftyOne Brain's similarity index on the embeddings (sort by similarity)
 VISUALIZATION_KEY = "audit_embeddings"  # FiftyOne Brain's 2-D map of the embeddings (the App's Embeddings panel)
+REVIEW_END = "review_end"  # on the last sample of each category in the review order: "end of 1042 likely wrong labels"
 
 # --- fields the sources write ----------------------------------------------------------------------
 GROUND_TRUTH = "ground_truth"
@@ -50,6 +51,9 @@ FLAGGED_VIEW = "audit-flagged"  # highest mislabel_score first (as `audit rank` 
 REVIEW_VIEW = "audit-review"  # in REVIEW_ORDER, each category highest mislabel_score first: the App opens on it
 # The order a reviewer works in: likely label errors first, then what needs a look, then the model's failures.
 REVIEW_ORDER = (SUSPECTED_MISLABEL, AMBIGUOUS, CLASSIFIER_FAILURE, BAD_BOX, ERROR_CATEGORY)
+# Each category of the review order as the review queue names it.
+REVIEW_STAGES = {SUSPECTED_MISLABEL: "likely wrong labels", AMBIGUOUS: "ambiguous", CLASSIFIER_FAILURE: "classifier failures",
+                 BAD_BOX: "bad boxes", ERROR_CATEGORY: "unreadable"}
 # A tag and a saved view of the same name per flagged category.
 CATEGORY_VIEWS = {SUSPECTED_MISLABEL: "audit-mislabels", CLASSIFIER_FAILURE: "audit-failures",
                   AMBIGUOUS: "audit-ambiguous", BAD_BOX: "audit-bad-boxes"}

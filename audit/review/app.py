@@ -19,10 +19,14 @@ from audit.store import db
 PLUGINS_DIR = settings.PACKAGE_DIR.parent / "plugins"
 PLUGIN_NAME = "@audit/audit"
 
-# Colours. The App colours by value: one colour per category everywhere (the category and the
-# `why` chips, the panel, the report: names.CATEGORY_COLOURS); every other label takes its colour
-# from LABEL_COLOURS by its value, so a given label and a prediction of the same class share a
-# colour (and its ground-truth boxes too), and none looks like a verdict. The Eigen-CAM box is white.
+# Colours. The App colours by value: one colour per category everywhere (the category, `why` and
+# review_end chips, the panel, the report: names.CATEGORY_COLOURS). The given label (and its
+# ground-truth boxes) is always GIVEN_COLOUR and the prediction PREDICTION_COLOUR, whatever the class,
+# so the two chips are told apart at a glance and keep their colours between page loads (the App
+# hands out its pool's colours in the order it meets the values); the sidebar's checkboxes of the
+# two fields show the same colours. Other labels take LABEL_COLOURS. The Eigen-CAM box is white.
+GIVEN_COLOUR = "#1098ad"
+PREDICTION_COLOUR = "#e67700"
 LABEL_COLOURS = ("#17becf", "#bcbd22", "#ff7f0e", "#e377c2", "#ffbb78", "#9edae5", "#dbdb8d", "#f7b6d2",
                  "#c49c94", "#ffd92f", "#aec7e8", "#c7c7c7")
 EIGENCAM_BOX_COLOUR = "#ffffff"
@@ -31,7 +35,7 @@ EIGENCAM_BOX_COLOUR = "#ffffff"
 HEATMAP_COLORSCALE = "jet"
 MAP_OPACITY = 0.45
 MAPS = (names.EIGENCAM, names.EIGENCAM_PC2, names.GRADCAM_PRED, names.GRADCAM_GIVEN)
-# `why` chips take their category's colour while the dataset has at most this many distinct ones.
+# `why` and review_end chips take their category's colour while there are at most this many distinct ones.
 WHY_COLOURS_MAX = 5000
 GRID_ZOOM = 8  # FiftyOne's default (7) makes tiles too small to judge a label by
 
@@ -66,17 +70,22 @@ def apply_app_defaults(dataset) -> None:
     label = db.label_field(dataset)
     present = set(dataset.get_field_schema())
     fields = [{"path": names.EIGENCAM_BOX, "valueColors": [{"value": "eigencam", "color": EIGENCAM_BOX_COLOUR}]}]
+    classes = _label_values(dataset, [p for p in (label, names.PREDICTIONS, names.GT_BOXES) if p in present])
+    fields += [{"path": path, "fieldColor": colour, "valueColors": [{"value": c, "color": colour} for c in classes]}
+               for path, colour in ((label, GIVEN_COLOUR), (names.GT_BOXES, GIVEN_COLOUR),
+                                    (names.PREDICTIONS, PREDICTION_COLOUR)) if path in present]
     if names.CATEGORY in present:
         fields.append({"path": names.CATEGORY, "valueColors": [{"value": category, "color": colour}
                                                                for category, colour in names.CATEGORY_COLOURS.items()]})
-    if names.WHY in present:
-        fields.append({"path": names.WHY, "valueColors": _why_colours(dataset)})
+    for path in (names.WHY, names.REVIEW_END):
+        if path in present:
+            fields.append({"path": path, "valueColors": _category_colours(dataset, path)})
     config.color_scheme = fo.ColorScheme(
         color_by="value", color_pool=list(LABEL_COLOURS), opacity=MAP_OPACITY,
         colorscales=[{"path": path, "name": HEATMAP_COLORSCALE} for path in MAPS], fields=fields)
     # On the grid's tiles: the verdict and why, the given label, the prediction and the boxes; no more.
-    active = [p for p in (names.CATEGORY, names.WHY, label, names.PREDICTIONS, names.EIGENCAM_BOX, names.GT_BOXES)
-              if p in present]
+    active = [p for p in (names.REVIEW_END, names.CATEGORY, names.WHY, label, names.PREDICTIONS, names.EIGENCAM_BOX,
+                          names.GT_BOXES) if p in present]
     config.active_fields = fo.ActiveFields(paths=active)
     groups = fo.DatasetAppConfig.default_sidebar_groups(dataset)
     audit_paths = [p for p in (names.CATEGORY, names.WHY, names.SCORE, names.SUGGESTED, names.REASONS, names.RELABEL_TO,
@@ -88,9 +97,20 @@ def apply_app_defaults(dataset) -> None:
     dataset.save()
 
 
-def _why_colours(dataset) -> list[dict]:
-    """Each distinct `why` in its category's colour (none past WHY_COLOURS_MAX: then the pool's)."""
-    pairs = set(zip(*dataset.exists(names.WHY).values([names.WHY, names.CATEGORY])))
+def _label_values(dataset, paths: list[str]) -> list[str]:
+    """Every class the given label, the prediction or a ground-truth box names, a relabel's too."""
+    values = set()
+    for path in paths:
+        values.update(dataset.distinct(f"{path}.detections.label" if path == names.GT_BOXES else f"{path}.label"))
+    if dataset.has_sample_field(names.RELABEL_TO):
+        values.update(dataset.distinct(names.RELABEL_TO))
+    return sorted(v for v in values if v)
+
+
+def _category_colours(dataset, path: str) -> list[dict]:
+    """Each distinct value of ``path`` (`why`, review_end) in its sample's category's colour (none past
+    WHY_COLOURS_MAX: then the pool's)."""
+    pairs = set(zip(*dataset.exists(path).values([path, names.CATEGORY])))
     if len(pairs) > WHY_COLOURS_MAX:
         return []
     return [{"value": why, "color": names.CATEGORY_COLOURS[category]} for why, category in sorted(pairs)
@@ -99,14 +119,15 @@ def _why_colours(dataset) -> list[dict]:
 
 def choose_view(dataset, view: str | None):
     """The saved view to open: ``view`` (must exist), else the review view (the flagged samples,
-    likely label errors first; re-synced when the dataset was scanned but the view is missing), else
-    the whole dataset when nothing was scanned."""
+    likely label errors first; re-synced when the dataset was scored but the view or its stages' ends
+    are missing), else the whole dataset when nothing was scanned."""
     if view:
         if not dataset.has_saved_view(view):
             saved = ", ".join(dataset.list_saved_views()) or "none"
             raise AppError(f"no saved view '{view}' on '{dataset.name}' (saved views: {saved})")
         return view
-    if not dataset.has_saved_view(names.REVIEW_VIEW) and dataset.has_sample_field(names.CATEGORY):
+    scored = dataset.has_sample_field(names.CATEGORY)
+    if scored and not (dataset.has_saved_view(names.REVIEW_VIEW) and dataset.has_sample_field(names.REVIEW_END)):
         db.sync_flags(dataset)
     return names.REVIEW_VIEW if dataset.has_saved_view(names.REVIEW_VIEW) else None
 

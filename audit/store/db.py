@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import fiftyone as fo
@@ -208,7 +209,7 @@ def review_view(dataset: fo.Dataset):
     rank = len(names.REVIEW_ORDER)
     for index, category in reversed(list(enumerate(names.REVIEW_ORDER))):
         rank = (F(names.CATEGORY) == category).if_else(index, rank)
-    return _flagged(dataset).sort_by([(rank, 1), (names.SCORE, -1)], create_index=False)
+    return _flagged(dataset).sort_by([(rank, 1), (names.SCORE, -1), ("_id", 1)], create_index=False)
 
 
 def scanned_view(dataset: fo.Dataset):
@@ -228,6 +229,21 @@ def sync_flags(dataset: fo.Dataset) -> None:
         _save_view(dataset, name, view, f"{description}, highest mislabel_score first")
     _save_view(dataset, names.REVIEW_VIEW, review_view(dataset), "the flagged samples, likely label errors first: "
                + ", ".join(names.REVIEW_ORDER) + "; each highest mislabel_score first")
+    _mark_review_ends(dataset)
+
+
+def _mark_review_ends(dataset: fo.Dataset) -> None:
+    """Write REVIEW_END on the last sample of each category in the review order ("end of 1042 likely
+    wrong labels"), so the grid shows where each stage of the queue ends; nowhere else."""
+    if dataset.has_sample_field(names.REVIEW_END):
+        dataset.exists(names.REVIEW_END).set_field(names.REVIEW_END, None).save()
+    else:
+        dataset.add_sample_field(names.REVIEW_END, fo.StringField)
+    ids, categories = review_view(dataset).values(["id", names.CATEGORY])
+    counts = Counter(categories)
+    last = dict(zip(categories, ids))  # the last sample of each category wins
+    dataset.set_values(names.REVIEW_END, {sample_id: f"end of {counts[category]} {names.REVIEW_STAGES[category]}"
+                                          for category, sample_id in last.items()}, key_field="id")
 
 
 def _save_view(dataset: fo.Dataset, name: str, view, description: str) -> None:

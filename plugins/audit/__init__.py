@@ -172,9 +172,11 @@ class ApplyRelabelMarks(foo.Operator):
 
     @notifies_errors
     def execute(self, ctx):
+        from audit.review.app import apply_app_defaults
         from audit.review.relabel import relabel_from_marks
 
         result = relabel_from_marks(ctx.dataset)
+        apply_app_defaults(ctx.dataset)  # a new class takes the given label's colour
         ctx.ops.reload_dataset()
         ctx.ops.notify(f"relabelled {len(result.changed)} sample(s)", variant="success")
         return {"changed": len(result.changed), "problems": result.problems}
@@ -336,7 +338,11 @@ class AuditSummary(foo.Panel):
     def show_review(self, ctx):
         ctx.ops.set_view(name=names.REVIEW_VIEW)
 
+    def show_mislabels(self, ctx):
+        ctx.ops.set_view(name=names.CATEGORY_VIEWS[names.SUSPECTED_MISLABEL])
+
     def render(self, ctx):
+        from audit.review.queue import review_queue
         from audit.review.report import summary_figures
 
         view = _view_with_filters(ctx)
@@ -351,8 +357,16 @@ class AuditSummary(foo.Panel):
             f"(the dataset: {scanned} of {len(dataset)} scanned)\n\n{figures['judged_by']}\n\n"
             f"Review marks: relabel {marks.get('relabel', 0)} · label_ok {marks.get('label_ok', 0)} · "
             f"relabeled {marks.get('relabeled', 0)}", name="summary")
+        stages = review_queue(dataset)
+        if stages:
+            lines = [f"1. **{stages[0].progress}**"] + [f"{n}. {s.progress}" for n, s in enumerate(stages[1:], 2)]
+            panel.md(f"**Review queue** (`{names.REVIEW_VIEW}`, in this order; each stage's last tile says where "
+                     "it ends):\n\n" + "\n".join(lines), name="queue")
         panel.btn("show_review", label="Review the flagged: likely label errors first", on_click=self.show_review,
                   variant="contained")
+        if stages and stages[0].category == names.SUSPECTED_MISLABEL:
+            panel.btn("show_mislabels", label=f"Only the {stages[0].count:,} likely wrong labels",
+                      on_click=self.show_mislabels, variant="outlined")
         peak = max([c["count"] for c in figures["categories"]] or [1])
         layout = {"height": 280, "margin": {"l": 40, "r": 10, "t": 40, "b": 60}, "bargap": 0.05,
                   "yaxis": {"dtick": 1} if peak <= 10 else {"rangemode": "tozero"}, "showlegend": False}

@@ -1,0 +1,51 @@
+"""The review queue on the scanned sample photos: where each stage ends in the review view, the marks
+counted against it, and the App's colours of the given label and the prediction."""
+
+import pytest
+from conftest import scan_sample
+
+from audit import names
+from audit.review import app as review_app
+from audit.review.queue import review_queue
+from audit.review.relabel import mark_samples
+from audit.store import db
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return scan_sample("review-queue")
+
+
+def test_the_last_sample_of_each_stage_says_where_the_stage_ends(dataset):
+    review = db.review_view(dataset)
+    categories, ends = review.values([names.CATEGORY, names.REVIEW_END])
+    marked = [(index, end) for index, end in enumerate(ends) if end]
+    expected = [(len(categories) - 1 - categories[::-1].index(c), f"end of {categories.count(c)} {names.REVIEW_STAGES[c]}")
+                for c in names.REVIEW_ORDER if c in categories]
+    assert marked == expected and marked[0][1] == "end of 3 likely wrong labels"
+    assert len(dataset.exists(names.REVIEW_END)) == len(expected)  # on no other sample
+
+
+def test_marks_count_against_their_stage(dataset):
+    before = {stage.category: stage for stage in review_queue(dataset)}
+    assert [s.category for s in review_queue(dataset)] == [c for c in names.REVIEW_ORDER if c in before]
+    mislabels = db.flagged_view(dataset, names.SUSPECTED_MISLABEL)
+    mark_samples(dataset, mislabels.values("id")[:2], names.RELABEL_TAG, new_label="tripod")
+    mark_samples(dataset, db.flagged_view(dataset, names.AMBIGUOUS).values("id")[:1], names.OK_TAG)
+    after = {stage.category: stage for stage in review_queue(dataset)}
+    first = after[names.SUSPECTED_MISLABEL]
+    assert (first.count, first.reviewed, first.marks[names.RELABEL_TAG]) == (len(mislabels), 2, 2)
+    assert first.progress == f"2 of {len(mislabels)} likely wrong labels reviewed (relabel 2)"
+    assert after[names.AMBIGUOUS].reviewed == before[names.AMBIGUOUS].reviewed + 1
+
+
+def test_the_given_label_and_the_prediction_keep_a_colour_each(dataset):
+    review_app.apply_app_defaults(dataset)
+    fields = {f["path"]: f for f in dataset.app_config.color_scheme.fields}
+    labels = set(dataset.distinct("ground_truth.label")) | set(dataset.distinct("predictions.label"))
+    for path, colour in (("ground_truth", review_app.GIVEN_COLOUR), ("predictions", review_app.PREDICTION_COLOUR)):
+        assert fields[path]["fieldColor"] == colour
+        assert {v["value"] for v in fields[path]["valueColors"]} >= labels  # every class, whichever field shows it
+        assert {v["color"] for v in fields[path]["valueColors"]} == {colour}
+    assert review_app.GIVEN_COLOUR != review_app.PREDICTION_COLOUR
+    assert {review_app.GIVEN_COLOUR, review_app.PREDICTION_COLOUR}.isdisjoint(names.CATEGORY_COLOURS.values())
