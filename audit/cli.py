@@ -199,6 +199,8 @@ def _print_scanned(dataset, result) -> None:
     if summary.unreadable:
         _say(f"{summary.unreadable} image(s) could not be read (category error, the reason in audit_error): "
              f"`audit rank {dataset.name} --category error` lists them")
+    if scoring.label_errors is not None:
+        _say(scoring.label_errors.line())
     if scoring.top1_agreement is not None:
         _say(f"top-1 accuracy against the given labels: {100 * scoring.top1_agreement:.1f} % "
              f"of {scoring.labelled} samples")
@@ -253,6 +255,9 @@ def rank(
 
         out.print_json(json.dumps(export_rows(dataset, category=category, top=top)))
     else:
+        from audit.review.report import label_errors_line
+
+        out.print(label_errors_line(dataset))
         _print_table(dataset, top, category)
 
 

@@ -18,6 +18,7 @@ from audit import names
 from audit.errors import AuditError
 from audit.review.relabel import marks_summary
 from audit.review.render import overlay
+from audit.score.estimate import LabelErrors
 from audit.signals import Signals
 from audit.store import db
 from audit.store.outfile import atomic_output, check_output
@@ -50,12 +51,19 @@ def judged_by(dataset) -> str:
     return f"judged by {kind} ({head.get('why', '')}); explained by {named}"
 
 
+def label_errors_line(dataset) -> str:
+    """The dataset's estimate of its wrong labels in a line (`audit.score.estimate.LabelErrors.line`)."""
+    errors = LabelErrors.read(db.audit_info(dataset).get("label_errors"))
+    return errors.line() if errors else "label errors: not estimated yet (run `audit scan`, or `audit rank --rescore`)"
+
+
 def summary_figures(collection) -> dict:
     """Counts per category, the mislabel_score histogram (20 bins over [0, 1], per category) and the
     review marks of a dataset or view, as plain data (the App panel and the report draw it)."""
     if not collection._root_dataset.has_sample_field(names.CATEGORY):
         return {"scanned": 0, "flagged": 0, "total": len(collection), "categories": [], "marks": {},
                 "judged_by": judged_by(collection._root_dataset),
+                "label_errors": label_errors_line(collection._root_dataset),
                 "histogram": {"edges": [], "centres": [], "counts": [], "width": 1 / BINS, "by_category": {}}}
     categories, scores = collection.values([names.CATEGORY, names.SCORE])
     counts = Counter(c for c in categories if c)
@@ -76,6 +84,7 @@ def summary_figures(collection) -> dict:
                       "counts": total, "width": 1 / BINS, "by_category": by_category},
         "marks": marks_summary(collection),
         "judged_by": judged_by(collection._root_dataset),
+        "label_errors": label_errors_line(collection._root_dataset),
     }
 
 
@@ -222,6 +231,7 @@ def build_report(collection, top: int = 25, max_side: int = 210, title: str | No
         f'<h1>{name}</h1><div class="meta">{len(collection)} samples · source {html.escape(str(info.get("source", "?")))}'
         f' · label field <code>{html.escape(label_field)}</code> · made {when}</div>',
         f'<div class="meta">{html.escape(figures["judged_by"])}</div>',
+        f'<p><b>{html.escape(figures["label_errors"])}</b></p>',
         '<div class="summary"><div class="panel"><div class="figures">',
         f'<div class="figure"><b>{figures["scanned"]}</b>scanned</div>',
         f'<div class="figure"><b>{figures["flagged"]}</b>flagged</div>',

@@ -172,6 +172,35 @@ def judge(signals: dict | Signals, *, use_views: bool = True, label_set: frozens
     return _judge(signals if isinstance(signals, Signals) else Signals.read(signals), use_views, label_set)
 
 
+def sized(verdict: Verdict, signals: Signals, *, chance: float, queued: bool) -> Verdict:
+    """The verdict with ``mislabel_score`` calibrated to the dataset's estimate of its wrong labels
+    (``chance``: how likely this label is wrong, `audit.score.estimate`) and its category sized to it.
+    ``queued`` (the label is more likely wrong than right): a suspected mislabel, whatever the rules
+    found. Outside the queue, what the rules suspected is the model's problem: a classifier failure
+    where the judging head is confident in another class (CONFIDENT), else ok with the rules' reasons
+    kept; an unsure head is not flagged (the issue of a weak model, not of the labels)."""
+    odds = f"a {chance:.0%} chance that the label is wrong, calibrated to the dataset's estimate of its wrong labels"
+    if verdict.mislabel_score is None:
+        return verdict
+    if queued:
+        if verdict.category == SUSPECTED_MISLABEL:
+            return replace(verdict, mislabel_score=chance, reasons=[verdict.reasons[0], odds, *verdict.reasons[1:]])
+        other = verdict.suggested_label or signals.pred_label
+        return replace(verdict, category=SUSPECTED_MISLABEL, mislabel_score=chance,
+                       reasons=[f"'{signals.given_label}' is more likely wrong than right: {odds}", *verdict.reasons],
+                       why=f"'{other}' not '{signals.given_label}'" if other else f"'{signals.given_label}'? likely wrong")
+    if verdict.category not in (SUSPECTED_MISLABEL, CLASSIFIER_FAILURE):
+        return replace(verdict, mislabel_score=chance)
+    confident_other = signals.pred_label != signals.given_label and (signals.pred_prob or 0.0) >= CONFIDENT
+    if confident_other:
+        return replace(verdict, category=CLASSIFIER_FAILURE, mislabel_score=chance,
+                       reasons=[f"the model is confident in '{signals.pred_label}' ({signals.pred_prob:.2f}) but "
+                                f"'{signals.given_label}' is more likely right: {odds}", *verdict.reasons],
+                       why=f"'{signals.pred_label}'? the model errs", suggested_label=None)
+    return replace(verdict, category=OK, mislabel_score=chance, suggested_label=None, why=None,
+                   reasons=[f"'{signals.given_label}' is more likely right, and the model is unsure: {odds}", *verdict.reasons])
+
+
 def _judge(signals: Signals, use_views: bool, label_set: frozenset[str] | None) -> Verdict:
     """The steps: a sample that cannot be judged; the case's figures (`Case`); a label the model
     favours (`_label_favoured`), else a label it disputes (`_label_disputed`)."""

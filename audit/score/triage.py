@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
+
 from audit import names
 from audit.data.classes import imagenet_names, resolve_imagenet_label
 from audit.heads.choice import FIT, GIVEN, MODEL_LABEL_SET_SOURCES, head_kind
-from audit.score.policy import THRESHOLDS, for_new_label, judge
+from audit.score.estimate import QUEUE_FROM, LabelErrors, estimate_label_errors
+from audit.score.policy import THRESHOLDS, Verdict, for_new_label, judge, sized
 from audit.signals import Signals
 from audit.store import db
 
@@ -21,36 +24,79 @@ class ScoringSummary:
     counts: dict[str, int]
     top1_agreement: float | None
     labelled: int
+    label_errors: LabelErrors | None = None
 
 
 def rescore(dataset, *, sample_ids: list[str] | None = None) -> ScoringSummary:
-    """Judge every scanned sample (or those of ``sample_ids``) from its stored signals, write
-    category, mislabel_score, reasons, why and suggested_label in bulk, and re-sync tags and saved views.
+    """Judge every scanned sample (or those of ``sample_ids``) from its stored signals, estimate how
+    many labels are wrong (`audit.score.estimate`; a partial rescore keeps the dataset's estimate),
+    calibrate mislabel_score to it and size the review queue by it (`audit.score.policy.sized`); write
+    category, mislabel_score, reasons, why and suggested_label in bulk, the estimate to
+    ``dataset.info["audit"]["label_errors"]``, and re-sync tags and saved views.
     A sample relabelled since its scan is judged for its new label (`audit.score.policy.for_new_label`)."""
+    root = dataset._root_dataset
     view = dataset.exists(names.SIGNALS)
     if sample_ids is not None:
         view = view.select(sample_ids)
     ids, stored, labels = view.values(["id", names.SIGNALS, f"{db.label_field(dataset)}.label"])
     signals = [_for_current_label(Signals.read(s), s, label) for s, label in zip(stored, labels)]
-    classes = label_set(dataset._root_dataset)
+    classes = label_set(root)
     verdicts = [judge(s, label_set=classes) for s in signals]
+    if sample_ids is None:
+        errors, chances = _estimate(signals, verdicts)
+        db.save_audit_info(root, label_errors=errors.stored())
+    else:
+        errors = LabelErrors.read(db.audit_info(root).get("label_errors"))
+        chances = _chances(verdicts, errors)
+    verdicts = [verdict if chance is None else sized(verdict, s, chance=chance, queued=chance >= QUEUE_FROM)
+                for verdict, s, chance in zip(verdicts, signals, chances)]
     for field, values in ((names.CATEGORY, [v.category for v in verdicts]),
                           (names.SCORE, [_shown(v.mislabel_score) for v in verdicts]),
                           (names.REASONS, [v.reasons for v in verdicts]),
                           (names.WHY, [v.why for v in verdicts]),
                           (names.SUGGESTED, [v.suggested_label for v in verdicts])):
         view.set_values(field, dict(zip(ids, values)), key_field="id")
-    db.sync_flags(dataset._root_dataset)
-    db.save_audit_info(dataset._root_dataset, thresholds=THRESHOLDS)
+    db.sync_flags(root)
+    db.save_audit_info(root, thresholds={**THRESHOLDS, "queue_from": QUEUE_FROM})
     counts = Counter(verdict.category for verdict in verdicts)
     labelled = [s for s in signals if s.given_index is not None]
     agreement = sum(s.pred_index == s.given_index for s in labelled) / len(labelled) if labelled else None
-    return ScoringSummary(dict(counts), agreement, len(labelled))
+    return ScoringSummary(dict(counts), agreement, len(labelled), errors)
+
+
+def _judged(signals: Signals, verdict: Verdict) -> bool:
+    """A labelled sample the head scored: what the estimate counts."""
+    return verdict.mislabel_score is not None and signals.given_rank is not None and signals.pred_prob is not None
+
+
+def _estimate(signals: list[Signals], verdicts: list[Verdict]) -> tuple[LabelErrors, list[float | None]]:
+    """The estimate over the judged samples, and each sample's chance that its label is wrong (None
+    where it is not judged)."""
+    rows = [row for row, (s, v) in enumerate(zip(signals, verdicts)) if _judged(s, v)]
+    errors, calibrated = estimate_label_errors(
+        confidence=np.array([signals[r].pred_prob for r in rows], dtype=float),
+        agrees=np.array([signals[r].given_rank == 1 for r in rows]),
+        raw_scores=np.array([verdicts[r].mislabel_score for r in rows], dtype=float),
+        given=[signals[r].given_label for r in rows], top=[signals[r].pred_label for r in rows])
+    chances: list[float | None] = [None] * len(signals)
+    for row, chance in zip(rows, calibrated):
+        chances[row] = float(chance)
+    return errors, chances
+
+
+def _chances(verdicts: list[Verdict], errors: LabelErrors | None) -> list[float | None]:
+    """The chances of a few samples from the dataset's stored calibration (None without one)."""
+    if errors is None or errors.calibration is None:
+        return [None] * len(verdicts)
+    scores = np.array([np.nan if v.mislabel_score is None else v.mislabel_score for v in verdicts], dtype=float)
+    calibrated = errors.calibration.apply(scores)
+    return [None if np.isnan(score) else float(chance) for score, chance in zip(scores, calibrated)]
 
 
 def _shown(score: float | None) -> float | None:
-    """The score as stored: four decimals, as many as a reviewer can read (and ranks need)."""
-    return None if score is None else round(score, 4)
+    """The score as stored: six decimals (the calibrated scores of the clear labels differ in the
+    last ones, which keep the ranking)."""
+    return None if score is None else round(score, 6)
 
 
 # Sources labelled in the model's own classes (ImageNet's 1000): a suggestion may name any of them.
