@@ -6,13 +6,14 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import SAMPLE_DATA
+from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from audit import names
 from audit.cli import app
 from audit.score.estimate import QUEUE_FROM, LabelErrors, estimate_label_errors
 from audit.store import db
-from conftest import SAMPLE_DATA
 
 RUNNER = CliRunner()
 # The sample photos' right labels, and the labels a test gives them instead: a look-alike class or an unrelated one.
@@ -35,8 +36,6 @@ def _scan(tmp_path, name: str, flips: dict[str, str]):
         shutil.copy(photo, folder / photo.name)
         rows.append((folder / photo.name, flips.get(photo.name, row["correct_label"])))
         mirrored = folder / f"mirrored_{photo.name}"
-        from PIL import Image, ImageOps
-
         ImageOps.mirror(Image.open(photo).convert("RGB")).save(mirrored, quality=92)
         rows.append((mirrored, row["correct_label"]))
     table = folder / "labels.csv"

@@ -32,6 +32,7 @@ CATEGORY_MEANING = {
     names.ERROR_CATEGORY: "the image could not be read",
 }
 BINS = 20
+PER_CLASS_ROWS = 10  # the per-class table's classes, most wrong labels first
 
 
 class ReportError(AuditError):
@@ -143,6 +144,23 @@ def _category_bars(figures: dict) -> str:
     return '<table class="cats">' + "".join(rows) + "</table>"
 
 
+def _per_class_table(dataset, rows: int = PER_CLASS_ROWS) -> str:
+    """The classes whose labels are most often wrong, with what those labels should be (the
+    estimate's per-class table), as an HTML table; empty without an estimate."""
+    errors = LabelErrors.read(db.audit_info(dataset).get("label_errors"))
+    if errors is None:
+        return ""
+    worst = [(label, row) for label, row in errors.per_class.items() if row["wrong"] >= 1][:rows]
+    if not worst:
+        return ""
+    lines = "".join(f'<tr><td>{html.escape(label)}</td><td>{row["labelled"]:,}</td><td>{row["wrong"]:.0f} '
+                    f'({row["share"]:.0%})</td><td>' + html.escape(", ".join(f"{other} {n:.0f}" for other, n in
+                                                                        list(row["should_be"].items())[:3])) + "</td></tr>"
+                    for label, row in worst)
+    return ('<h2>Classes whose labels are most often wrong</h2><table class="kv"><tr><th>given label</th><th>samples</th>'
+            f'<th>wrong (estimate)</th><th>should be</th></tr>{lines}</table>')
+
+
 def _card(rank: int, sample, label_field: str, max_side: int) -> str:
     given = sample[label_field].label if sample[label_field] is not None else None
     prediction = sample[names.PREDICTIONS]
@@ -239,6 +257,7 @@ def build_report(collection, top: int = 25, max_side: int = 210, title: str | No
         '</b>suspected mislabels</div></div>',
         _category_bars(figures), f'<div class="meta" style="margin:10px 0 0">review marks: {marks_text}</div></div>',
         f'<div class="panel">{_histogram_svg(figures)}</div></div>',
+        _per_class_table(dataset),
         f'<h2>Top {len(cards)} flagged samples, most suspect first</h2>' if cards else
         '<h2>Nothing flagged</h2><p>The audit agrees with every label it could judge.</p>',
         *cards,

@@ -1,15 +1,22 @@
 """How many labels are wrong, from the probabilities of the head that judged them; and
 ``mislabel_score`` calibrated to that estimate, so that a score reads as the chance that the label is wrong.
 
-The estimate rests on one measurement the labels allow: how often they confirm the head's top
-class at each confidence (``confirmed``, an isotonic fit of "top class = label" on the top class's
-probability). Where the labels are right, the top class is right that often; a wrong label cannot
-confirm it, so the top class is right more often than the labels say, by the share of wrong labels:
-``confirmed / (1 - share)``. A sample whose label is not the top class has a wrong label as often as
-its top class is right; the share is the fixed point of that count. A label the head agrees with
-counts as right (the head cannot see that error). docs/label-errors.md says why this method, and
-what else was measured (expected errors from the probabilities, mixtures of the scores, cleanlab's
-confident joint).
+What a disagreement means depends on how the probabilities were made, so there are two methods
+(docs/label-errors.md measures both on every truth, and what else was tried):
+
+- ``confirmation``, for a trained network's probabilities (the model's own head, your classifier,
+  your predictions), whose confidence says little by itself (out-of-fold networks trained on these
+  labels are underconfident: the temperature that fits the true labels is 0.3-0.6). It rests on
+  what the labels show: how often they confirm the head's top class at each confidence (an
+  isotonic fit). A wrong label cannot confirm it, so the top class is right more often than that,
+  by the share of wrong labels: ``confirmed / (1 - share)``; a sample whose label is not the top
+  class has a wrong label that often, and the share is the fixed point of that count. A label the
+  head agrees with counts as right (the head cannot see that error).
+- ``noise matrix``, for a head fitted out of fold on the embeddings (logistic regression, calibrated
+  to the labels): the head's probabilities are the classes' prior, and a matrix of which class is
+  labelled as which is fitted by expectation-maximisation (Dawid and Skene's, with one rater); a
+  label's chance of being wrong is its posterior. A weak head's many unsure disagreements are
+  its own errors, not the labels'.
 
 The range is a bootstrap of the samples (the 5th and 95th percentiles): what another draw of the
 same dataset would give, not the method's own error, which docs/label-errors.md measures."""
@@ -27,13 +34,17 @@ from sklearn.isotonic import IsotonicRegression
 BINS = 2000
 # A class's share of wrong labels is named in the summary line from this many samples on.
 PER_CLASS_FROM = 20
-# Bootstrap draws for the range.
+# Bootstrap draws for the range; the noise matrix's (a fit each) fewer, of at most RANGE_ROWS rows.
 RESAMPLES = 200
+RANGE_DRAWS = 30
+RANGE_ROWS = 20_000
+# The noise matrix's smoothing: this many samples' worth per cell, before the fit's own counts.
+SMOOTHING = 1e-3
 # Knots of the calibration map kept in dataset.info (to score a relabelled sample without a full rescore).
 KNOTS = 256
 # The calibrated score keeps this much of the raw score, so that it never ties two samples the raw
 # score orders (the ranking, and so AP and AUROC, is the raw score's).
-KEEP_ORDER = 1e-3
+KEEP_ORDER = 0.01
 SEED = 0
 # The review queue: the labels more likely wrong than right. On cifar10n-dev's two label sets and
 # five models' probabilities its F1 is 0.002-0.020 below the best any cut of the ranking reaches in
@@ -113,18 +124,45 @@ def wrong_label_chances(confidence: np.ndarray, agrees: np.ndarray) -> np.ndarra
     return np.where(agrees, 0.0, right[bins])
 
 
+def noise_matrix_chances(probabilities: np.ndarray, labels: np.ndarray, *, iterations: int = 100) -> np.ndarray:
+    """Each sample's chance that its label (column index in ``labels``) is wrong: the posterior of
+    a class-to-label noise matrix fitted by expectation-maximisation, the head's ``probabilities``
+    (N x K) the prior of each sample's true class. The matrix starts at 95 % right labels and is
+    smoothed by a small count (SMOOTHING) so that a class nobody is labelled with stays defined."""
+    classes = probabilities.shape[1]
+    noise = np.full((classes, classes), 0.05 / max(classes - 1, 1))
+    np.fill_diagonal(noise, 0.95)
+    rows = np.arange(len(labels))
+    for _ in range(iterations):
+        posterior = probabilities * noise[:, labels].T  # p(true class i | x) * p(label | i)
+        posterior /= np.maximum(posterior.sum(axis=1, keepdims=True), 1e-300)
+        counts = np.full((classes, classes), SMOOTHING)
+        np.add.at(counts.T, labels, posterior)
+        following = counts / counts.sum(axis=1, keepdims=True)
+        if np.abs(following - noise).max() < 1e-6:
+            break
+        noise = following
+    return 1.0 - posterior[rows, labels]
+
+
 def estimate_label_errors(*, confidence: np.ndarray, agrees: np.ndarray, raw_scores: np.ndarray, given: list[str],
-                          top: list[str], resamples: int = RESAMPLES) -> tuple[LabelErrors, np.ndarray]:
+                          top: list[str], probabilities: np.ndarray | None = None, labels: np.ndarray | None = None,
+                          resamples: int = RESAMPLES) -> tuple[LabelErrors, np.ndarray]:
     """The estimate (`LabelErrors`) and each sample's calibrated score, for the labelled samples:
     ``confidence`` the judging head's top probability, ``agrees`` whether the label is its top class,
     ``raw_scores`` the policy's mislabel scores (their order is kept), ``given`` the labels and ``top``
-    the top classes (what a wrong label should be)."""
+    the top classes (what a wrong label should be). With ``probabilities`` (N x K) and ``labels``
+    (their columns), the noise-matrix method (a fitted head's); else the confirmation method."""
     labelled = len(confidence)
     if not labelled:
         return LabelErrors(0, 0, 0, 0), np.zeros(0)
-    chances = wrong_label_chances(confidence, agrees)
+    if probabilities is None:
+        chances = wrong_label_chances(confidence, agrees)
+        low, high = _range(_bins(confidence), agrees, resamples)
+    else:
+        chances = noise_matrix_chances(probabilities, labels)
+        low, high = _noise_matrix_range(probabilities, labels, resamples)
     estimate = int(round(chances.sum()))
-    low, high = _range(_bins(confidence), agrees, resamples)
     calibration = _calibration(raw_scores, chances)
     calibrated = calibration.apply(raw_scores)
     queued = calibrated >= QUEUE_FROM
@@ -188,6 +226,19 @@ def _range(bins: np.ndarray, agrees: np.ndarray, resamples: int) -> tuple[int, i
     return int(np.floor(low)), int(np.ceil(high))
 
 
+def _noise_matrix_range(probabilities: np.ndarray, labels: np.ndarray, resamples: int) -> tuple[int, int]:
+    """The noise matrix's estimate over bootstrap draws (RANGE_DRAWS of at most RANGE_ROWS rows each,
+    scaled to the dataset's size): its 5th and 95th percentiles."""
+    rng = np.random.default_rng(SEED)
+    size = min(len(labels), RANGE_ROWS)
+    draws = []
+    for _ in range(min(resamples, RANGE_DRAWS)):
+        rows = rng.integers(0, len(labels), size)
+        draws.append(noise_matrix_chances(probabilities[rows], labels[rows], iterations=50).mean() * len(labels))
+    low, high = np.percentile(draws, [5, 95])
+    return int(np.floor(low)), int(np.ceil(high))
+
+
 def _calibration(raw_scores: np.ndarray, chances: np.ndarray) -> Calibration:
     """The raw scores' map to the chances: the isotonic fit of the chances on the raw score, through
     KNOTS knots at its quantiles, kept strictly increasing (KEEP_ORDER)."""
@@ -195,7 +246,7 @@ def _calibration(raw_scores: np.ndarray, chances: np.ndarray) -> Calibration:
     knots = np.unique(np.quantile(raw_scores, np.linspace(0.0, 1.0, KNOTS)))
     knots = np.unique(np.concatenate([[0.0], knots, [1.0]]))
     values = (1.0 - KEEP_ORDER) * fitted.predict(knots) + KEEP_ORDER * knots
-    return Calibration(raw=[round(float(x), 6) for x in knots], calibrated=[round(float(y), 6) for y in values])
+    return Calibration(raw=[round(float(x), 9) for x in knots], calibrated=[round(float(y), 9) for y in values])
 
 
 def _per_class(chances: np.ndarray, given: list[str], top: list[str]) -> dict:

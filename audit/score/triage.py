@@ -73,15 +73,32 @@ def _estimate(signals: list[Signals], verdicts: list[Verdict]) -> tuple[LabelErr
     """The estimate over the judged samples, and each sample's chance that its label is wrong (None
     where it is not judged)."""
     rows = [row for row, (s, v) in enumerate(zip(signals, verdicts)) if _judged(s, v)]
+    judged = [signals[r] for r in rows]
+    fitted = bool(judged) and all(s.head == FIT for s in judged)
     errors, calibrated = estimate_label_errors(
-        confidence=np.array([signals[r].pred_prob for r in rows], dtype=float),
-        agrees=np.array([signals[r].given_rank == 1 for r in rows]),
+        confidence=np.array([s.pred_prob for s in judged], dtype=float),
+        agrees=np.array([s.given_rank == 1 for s in judged]),
         raw_scores=np.array([verdicts[r].mislabel_score for r in rows], dtype=float),
-        given=[signals[r].given_label for r in rows], top=[signals[r].pred_label for r in rows])
+        given=[s.given_label for s in judged], top=[s.pred_label for s in judged],
+        **(_probability_matrix(judged) if fitted else {}))
     chances: list[float | None] = [None] * len(signals)
     for row, chance in zip(rows, calibrated):
         chances[row] = float(chance)
     return errors, chances
+
+
+def _probability_matrix(signals: list[Signals]) -> dict:
+    """A fitted head's probabilities (N x K, from each sample's stored top classes and its label's,
+    the rest 0) and each label's column: what the noise-matrix method reads."""
+    classes = sorted({label for s in signals for label, _ in s.top or []} | {s.given_label for s in signals})
+    column = {label: index for index, label in enumerate(classes)}
+    probabilities = np.zeros((len(signals), len(classes)))
+    for row, s in enumerate(signals):
+        for label, probability in s.top or []:
+            probabilities[row, column[label]] = probability
+        probabilities[row, column[s.given_label]] = s.given_prob
+    probabilities /= np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
+    return {"probabilities": probabilities, "labels": np.array([column[s.given_label] for s in signals])}
 
 
 def _chances(verdicts: list[Verdict], errors: LabelErrors | None) -> list[float | None]:
