@@ -11,6 +11,7 @@ EIGENCAM_BOX = "eigencam_box"
 EIGENCAM_PC2 = "eigencam_pc2"  # the second principal component (often a second object)
 GRADCAM_PRED = "gradcam_pred"  # Grad-CAM of the predicted class
 GRADCAM_GIVEN = "gradcam_given"  # Grad-CAM of the given label
+MAPS = (EIGENCAM, EIGENCAM_PC2, GRADCAM_PRED, GRADCAM_GIVEN)
 SIGNALS = "audit_signals"
 SCORE = "mislabel_score"
 CATEGORY = "category"
@@ -24,7 +25,8 @@ HEAD_DONE = "audit_head_done"  # the key of the second phase (head, neighbours) 
 GIVEN_PROBABILITIES = "given_probabilities"  # the user's predictions (--predictions), classes in info["audit"]
 SIMILARITY_KEY = "audit_similarity"  # FiftyOne Brain's similarity index on the embeddings (sort by similarity)
 VISUALIZATION_KEY = "audit_embeddings"  # FiftyOne Brain's 2-D map of the embeddings (the App's Embeddings panel)
-REVIEW_END = "review_end"  # on the last sample of each category in the review order: "end of 1042 likely wrong labels"
+REVIEW_END = "review_end"  # on the last sample of each category in the review order: "last of 1042 likely wrong labels"
+EXPLAIN_NOTE = "explain_note"  # why the audit's saved views leave this sample's Eigen-CAM box (or maps) out
 
 # --- fields the sources write ----------------------------------------------------------------------
 GROUND_TRUTH = "ground_truth"

@@ -34,7 +34,6 @@ EIGENCAM_BOX_COLOUR = "#ffffff"
 # drawn in "jet" (red = strongest, like the report) at MAP_OPACITY, where the model saw the image.
 HEATMAP_COLORSCALE = "jet"
 MAP_OPACITY = 0.45
-MAPS = (names.EIGENCAM, names.EIGENCAM_PC2, names.GRADCAM_PRED, names.GRADCAM_GIVEN)
 # `why` and review_end chips take their category's colour while there are at most this many distinct ones.
 WHY_COLOURS_MAX = 5000
 GRID_ZOOM = 8  # FiftyOne's default (7) makes tiles too small to judge a label by
@@ -82,17 +81,21 @@ def apply_app_defaults(dataset) -> None:
             fields.append({"path": path, "valueColors": _category_colours(dataset, path)})
     config.color_scheme = fo.ColorScheme(
         color_by="value", color_pool=list(LABEL_COLOURS), opacity=MAP_OPACITY,
-        colorscales=[{"path": path, "name": HEATMAP_COLORSCALE} for path in MAPS], fields=fields)
-    # On the grid's tiles: the verdict and why, the given label, the prediction and the boxes; no more.
-    active = [p for p in (names.REVIEW_END, names.CATEGORY, names.WHY, label, names.PREDICTIONS, names.EIGENCAM_BOX,
+        colorscales=[{"path": path, "name": HEATMAP_COLORSCALE} for path in names.MAPS], fields=fields)
+    # On the grid's tiles: the verdict and why, where a stage of the review queue ends, the given label,
+    # the prediction and the boxes; no more. Tiles show them in the sidebar's order: the audit's
+    # group, then the labels (so the sidebar's ground_truth and predictions say which colour is which).
+    active = [p for p in (names.CATEGORY, names.WHY, names.REVIEW_END, label, names.PREDICTIONS, names.EIGENCAM_BOX,
                           names.GT_BOXES) if p in present]
     config.active_fields = fo.ActiveFields(paths=active)
     groups = fo.DatasetAppConfig.default_sidebar_groups(dataset)
-    audit_paths = [p for p in (names.CATEGORY, names.WHY, names.SCORE, names.SUGGESTED, names.REASONS, names.RELABEL_TO,
-                               names.HISTORY, f"{label}_original") if p in present]
+    audit_paths = [p for p in (names.CATEGORY, names.WHY, names.SCORE, names.SUGGESTED, names.REASONS, names.EXPLAIN_NOTE,
+                               names.RELABEL_TO, names.HISTORY, f"{label}_original", names.REVIEW_END) if p in present]
     for group in groups:
         group.paths = [p for p in group.paths if p not in audit_paths]
-    groups.insert(1, fo.SidebarGroupDocument(name="audit", paths=audit_paths, expanded=True))
+    labels = [group for group in groups if group.name == "labels"]
+    groups = [group for group in groups if group.name != "labels"]
+    groups[1:1] = [fo.SidebarGroupDocument(name="audit", paths=audit_paths, expanded=True), *labels]
     config.sidebar_groups = groups
     dataset.save()
 
@@ -119,15 +122,16 @@ def _category_colours(dataset, path: str) -> list[dict]:
 
 def choose_view(dataset, view: str | None):
     """The saved view to open: ``view`` (must exist), else the review view (the flagged samples,
-    likely label errors first; re-synced when the dataset was scored but the view or its stages' ends
-    are missing), else the whole dataset when nothing was scanned."""
+    likely label errors first; re-synced when the dataset was scored but the view, its stages' ends or
+    the explanations' notes are missing), else the whole dataset when nothing was scanned."""
     if view:
         if not dataset.has_saved_view(view):
             saved = ", ".join(dataset.list_saved_views()) or "none"
             raise AppError(f"no saved view '{view}' on '{dataset.name}' (saved views: {saved})")
         return view
     scored = dataset.has_sample_field(names.CATEGORY)
-    if scored and not (dataset.has_saved_view(names.REVIEW_VIEW) and dataset.has_sample_field(names.REVIEW_END)):
+    synced = all(dataset.has_sample_field(path) for path in (names.REVIEW_END, names.EXPLAIN_NOTE))
+    if scored and not (dataset.has_saved_view(names.REVIEW_VIEW) and synced):
         db.sync_flags(dataset)
     return names.REVIEW_VIEW if dataset.has_saved_view(names.REVIEW_VIEW) else None
 
