@@ -45,7 +45,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-DOC_SHOTS = ("app-grid.png", "app-modal.png", "app-panel.png", "app-two-objects.png", "report.png")  # shown in docs/app.md
+DOC_SHOTS = ("app-grid.png", "app-modal.png", "app-panel.png", "app-two-objects.png", "report.png", "app-cifar-panel.png",
+             "app-cifar-modal.png", "app-cifar-boundary.png")  # shown in docs/app.md
 
 
 def keep(screenshot: Path) -> None:
@@ -180,7 +181,7 @@ def test_app_lists_the_flagged_samples_and_offers_the_operators(dataset, browser
         for why in flagged.values("why"):
             assert why in grid_text
         why_chip = page.locator("[data-cy=fo-grid] [data-cy=tag-why]").first
-        assert why_chip.inner_text() == top.why == f"no evidence for '{top.ground_truth.label}'"
+        assert why_chip.inner_text() == top.why == f"'{top.ground_truth.label}'? no evidence"
         category_colour = page.locator("[data-cy=fo-grid] [data-cy=tag-category]").first.evaluate(
             "chip => getComputedStyle(chip).backgroundColor")
         assert category_colour == why_chip.evaluate("chip => getComputedStyle(chip).backgroundColor") == "rgb(214, 39, 40)"
