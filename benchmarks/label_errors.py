@@ -256,7 +256,8 @@ def cleanlab_figures(scored, judged: np.ndarray, wrong: np.ndarray, cleanlab_pyt
 
 
 CLEANLAB_SCRIPT = """
-import sys, numpy as np
+import sys, warnings, numpy as np
+warnings.filterwarnings("ignore")  # a warning per class with few examples (ImageNet's 1000 classes)
 from cleanlab.count import num_label_issues
 from cleanlab.filter import find_label_issues
 data = np.load(sys.argv[1])

@@ -16,8 +16,10 @@ from audit.score.estimate import QUEUE_FROM, LabelErrors, estimate_label_errors
 from audit.store import db
 
 RUNNER = CliRunner()
-# The sample photos' right labels, and the labels a test gives them instead: a look-alike class or an unrelated one.
-FLIPS = {"chelsea.jpg": "Egyptian cat", "coffee.jpg": "teapot", "rocket.jpg": "goldfish", "china_lake.jpg": "tabby"}
+# The labels a test gives four of the sample photos instead of their right ones: photos the model sees
+# clearly (its top class at 0.55 or more), given a look-alike class or an unrelated one. A wrong label
+# on a photo the model is unsure of is one it cannot see (docs/label-errors.md).
+FLIPS = {"coffee.jpg": "teapot", "camera.jpg": "goldfish", "motorcycle.jpg": "lakeside", "hopper_tie.jpg": "palace"}
 
 
 def _rows() -> list[dict]:
@@ -69,7 +71,7 @@ def test_the_per_class_table_names_what_a_wrong_label_should_be(flipped):
     dataset, _ = flipped
     per_class = db.audit_info(dataset)["label_errors"]["per_class"]
     assert per_class["teapot"]["wrong"] >= 0.5 and "espresso" in per_class["teapot"]["should_be"]  # the coffee photo
-    assert per_class["tripod"]["wrong"] == 0.0
+    assert per_class["espresso"]["wrong"] < 0.5
 
 
 def test_rank_shows_the_estimate_above_the_table_and_a_rescore_keeps_it(flipped):
@@ -83,14 +85,14 @@ def test_rank_shows_the_estimate_above_the_table_and_a_rescore_keeps_it(flipped)
 
 def test_a_relabelled_sample_leaves_the_queue_by_the_stored_calibration(flipped, tmp_path):
     dataset, _ = flipped
-    rocket = dataset.match(db.F("filepath").ends_with("/rocket.jpg")).first()
-    assert rocket[names.CATEGORY] == names.SUSPECTED_MISLABEL
+    camera = dataset.match(db.F("filepath").ends_with("/camera.jpg")).first()
+    assert camera[names.CATEGORY] == names.SUSPECTED_MISLABEL and camera[names.SUGGESTED] == "tripod"
     table = tmp_path / "fix.csv"
-    table.write_text(f"id,filepath,new_label\n{rocket.id},{rocket.filepath},{rocket[names.SUGGESTED]}\n")
+    table.write_text(f"id,filepath,new_label\n{camera.id},{camera.filepath},tripod\n")
     result = RUNNER.invoke(app, ["relabel", dataset.name, "--from", str(table)])
     assert result.exit_code == 0, result.output
-    rocket.reload()
-    assert rocket[names.CATEGORY] != names.SUSPECTED_MISLABEL and rocket[names.SCORE] < QUEUE_FROM
+    camera.reload()
+    assert camera[names.CATEGORY] != names.SUSPECTED_MISLABEL and camera[names.SCORE] < QUEUE_FROM
 
 
 def test_right_labels_get_a_near_empty_queue(tmp_path, one_torch_thread):

@@ -24,8 +24,8 @@ from audit.store import db
 from audit.store.outfile import atomic_output, check_output
 
 CATEGORY_MEANING = {
-    names.SUSPECTED_MISLABEL: "the model is confident in another class and sees no evidence for the label",
-    names.CLASSIFIER_FAILURE: "the model is wrong and unsure: the label is probably right",
+    names.SUSPECTED_MISLABEL: "the label is more likely wrong than right: the review queue",
+    names.CLASSIFIER_FAILURE: "the model disputes a label that is more likely right",
     names.AMBIGUOUS: "several objects or classes compete, or the label is not one of the model's classes",
     names.BAD_BOX: "the ground-truth boxes are off the object",
     names.OK: "the model agrees with the label",
@@ -49,7 +49,8 @@ def judged_by(dataset) -> str:
     named = ", ".join(m["model"] + (f" ({Path(m['weights']).name})" if "classes" in m else "") for m in models)
     kind = {"model": "the model's own head", "fit": "a head fitted on the embeddings (out of fold)",
             "given": f"your predictions, {info.get('predictions', {}).get('source', '?')}"}.get(head["kind"], head["kind"])
-    return f"judged by {kind} ({head.get('why', '')}); explained by {named}"
+    why = "" if head["kind"] == "given" else f" ({head.get('why', '')})"  # the predictions' source is named once
+    return f"judged by {kind}{why}; explained by {named}"
 
 
 def label_errors_line(dataset) -> str:
@@ -128,7 +129,7 @@ def _histogram_svg(figures: dict, width: int = 440, height: int = 220) -> str:
         parts.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle" class="axis">{tick:g}</text>')
     parts.append(f'<line x1="{left}" x2="{width - right}" y1="{top + plot_h}" y2="{top + plot_h}" stroke="#999"/>'
                  f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" class="axis">'
-                 'mislabel_score (higher = the given label is more likely wrong)</text></svg>')
+                 'mislabel_score: the chance that the label is wrong</text></svg>')
     return "".join(parts)
 
 

@@ -106,6 +106,7 @@ class Verdict:
     reasons: list[str]  # the decisive one first
     suggested_label: str | None
     why: str | None  # the decisive reason in a few words, for a tile (no commas: the App splits values at them)
+    label_seen: bool = False  # the explanation finds the label's class on an object of the image (two objects)
 
 
 def normalised_margin_score(view: Distribution) -> float:
@@ -180,17 +181,20 @@ def judge(signals: dict | Signals, *, use_views: bool = True, label_set: frozens
 def sized(verdict: Verdict, signals: Signals, *, chance: float, queued: bool) -> Verdict:
     """The verdict with ``mislabel_score`` calibrated to the dataset's estimate of its wrong labels
     (``chance``: how likely this label is wrong, `audit.score.estimate`) and its category sized to it.
-    ``queued`` (the label is more likely wrong than right): a suspected mislabel, whatever the rules
-    found. Outside the queue, what the rules suspected is a classifier failure (the model disputes
-    a label that is more likely right), and a sample is flagged at all only where its label has at
-    least FLAG_FROM chance of being wrong; bad boxes stay flagged."""
+    ``queued`` (the label is more likely wrong than right): a suspected mislabel, unless the
+    explanation finds the label's class on an object of the image (two objects: ambiguous, the label
+    may name either; the probabilities the estimate reads cannot see that). Outside the queue, what
+    the rules suspected is a classifier failure (the model disputes a label that is more likely
+    right), and a sample is flagged at all only where its label has at least FLAG_FROM chance of
+    being wrong; bad boxes stay flagged."""
     if verdict.mislabel_score is None:
         return verdict
     given = signals.given_label
-    odds = f"a {chance:.0%} chance that the label is wrong, calibrated to the dataset's estimate of its wrong labels"
+    odds = f"wrong with a chance of {chance:.0%}, calibrated to the dataset's estimate of its wrong labels"
     if queued:
-        if verdict.category == SUSPECTED_MISLABEL:
-            return replace(verdict, mislabel_score=chance, reasons=[verdict.reasons[0], odds, *verdict.reasons[1:]])
+        if verdict.label_seen or verdict.category == SUSPECTED_MISLABEL:
+            return replace(verdict, mislabel_score=chance,
+                           reasons=[verdict.reasons[0], f"the label is {odds}", *verdict.reasons[1:]])
         other = verdict.suggested_label or signals.pred_label
         return replace(verdict, category=SUSPECTED_MISLABEL, mislabel_score=chance,
                        reasons=[f"'{given}' is more likely wrong than right: {odds}", *verdict.reasons],
@@ -206,7 +210,7 @@ def sized(verdict: Verdict, signals: Signals, *, chance: float, queued: bool) ->
                        reasons=[f"'{given}' is more likely right than wrong ({odds}), though: {verdict.reasons[0]}",
                                 *verdict.reasons[1:]],
                        why=f"'{signals.pred_label}'? more likely the model errs")
-    return replace(verdict, mislabel_score=chance, reasons=[verdict.reasons[0], odds, *verdict.reasons[1:]])
+    return replace(verdict, mislabel_score=chance, reasons=[verdict.reasons[0], f"the label is {odds}", *verdict.reasons[1:]])
 
 
 def _judge(signals: Signals, use_views: bool, label_set: frozenset[str] | None) -> Verdict:
@@ -382,10 +386,10 @@ def _label_disputed(case: Case) -> Verdict:
                        key=lambda view: view.top_prob, default=None)
     if label_object and other_object:
         place, view = label_object
-        return case.verdict(AMBIGUOUS, f"two objects: '{given}' is seen on {place} (at {view.top_prob:.2f}), and "
-                                       f"'{other_object.top_label}' (at {other_object.top_prob:.2f}): "
-                                       "the label may name either",
-                            f"'{given}' and '{other_object.top_label}': two objects")
+        return replace(case.verdict(AMBIGUOUS, f"two objects: '{given}' is seen on {place} (at {view.top_prob:.2f}), and "
+                                               f"'{other_object.top_label}' (at {other_object.top_prob:.2f}): "
+                                               "the label may name either",
+                                    f"'{given}' and '{other_object.top_label}': two objects"), label_seen=True)
     if case.dominant_is_another or (agreed.top_prob >= CONFIDENT and case.evidence < NO_EVIDENCE):
         where = case.crop_name if dominant else "the whole image"
         if case.evidence < NO_EVIDENCE:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -44,7 +44,6 @@ def rescore(dataset, *, sample_ids: list[str] | None = None) -> ScoringSummary:
     verdicts = [judge(s, label_set=classes) for s in signals]
     if sample_ids is None:
         errors, chances = _estimate(signals, verdicts)
-        db.save_audit_info(root, label_errors=errors.stored())
     else:
         errors = LabelErrors.read(db.audit_info(root).get("label_errors"))
         chances = _chances(verdicts, errors)
@@ -56,6 +55,9 @@ def rescore(dataset, *, sample_ids: list[str] | None = None) -> ScoringSummary:
                           (names.WHY, [v.why for v in verdicts]),
                           (names.SUGGESTED, [v.suggested_label for v in verdicts])):
         view.set_values(field, dict(zip(ids, values)), key_field="id")
+    if errors is not None:  # the queue as the categories hold it (the explanation keeps two objects out of it)
+        errors = replace(errors, queue=len(root.match(db.F(names.CATEGORY) == names.SUSPECTED_MISLABEL)))
+        db.save_audit_info(root, label_errors=errors.stored())
     db.sync_flags(root)
     db.save_audit_info(root, thresholds={**THRESHOLDS, "queue_from": QUEUE_FROM})
     counts = Counter(verdict.category for verdict in verdicts)
@@ -111,9 +113,9 @@ def _chances(verdicts: list[Verdict], errors: LabelErrors | None) -> list[float 
 
 
 def _shown(score: float | None) -> float | None:
-    """The score as stored: six decimals (the calibrated scores of the clear labels differ in the
-    last ones, which keep the ranking)."""
-    return None if score is None else round(score, 6)
+    """The score as stored: ten decimals (the calibrated scores of the clear labels are near 0 and
+    differ only in the last ones, which keep the ranking)."""
+    return None if score is None else round(score, 10)
 
 
 # Sources labelled in the model's own classes (ImageNet's 1000): a suggestion may name any of them.
