@@ -228,10 +228,15 @@ def test_app_lists_the_flagged_samples_and_offers_the_operators(dataset, browser
         checkbox.wait_for(timeout=30_000)
         page.wait_for_timeout(1000)
         checkbox.click()
-        page.get_by_text(f"{mislabels} of {len(flagged)} samples").wait_for(timeout=30_000)
+        # The sample photos' queue is their three wrong labels: where nothing else is flagged, the filter
+        # keeps every tile and the grid shows no "N of M".
+        narrowed = f"{mislabels} of {len(flagged)} samples" if mislabels < len(flagged) else None
+        if narrowed:
+            page.get_by_text(narrowed).wait_for(timeout=30_000)
         page.get_by_text(f"{mislabels} samples in this view: {mislabels} flagged").wait_for(timeout=30_000)
         page.wait_for_timeout(1500)
-        assert page.get_by_text(f"{mislabels} of {len(flagged)} samples").count() == 1  # the filter holds
+        if narrowed:
+            assert page.get_by_text(narrowed).count() == 1  # the filter holds
         page.screenshot(path=tmp_path / "app-panel.png")
         keep(tmp_path / "app-panel.png")
     finally:

@@ -354,7 +354,7 @@ class AuditSummary(foo.Panel):
         panel = types.Object()
         panel.md(
             f"**{figures['total']} samples {shown}: {figures['flagged']} flagged**, {figures['scanned']} scanned "
-            f"(the dataset: {scanned} of {len(dataset)} scanned)\n\n{figures['judged_by']}\n\n"
+            f"(the dataset: {scanned} of {len(dataset)} scanned)\n\n{figures['judged_by']}\n\n**{figures['label_errors']}**\n\n"
             f"Review marks: relabel {marks.get('relabel', 0)} · label_ok {marks.get('label_ok', 0)} · "
             f"relabeled {marks.get('relabeled', 0)}", name="summary")
         stages = review_queue(dataset)
