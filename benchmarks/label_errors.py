@@ -232,16 +232,17 @@ def cleanlab_figures(scored, judged: np.ndarray, wrong: np.ndarray, cleanlab_pyt
     from audit.signals import Signals
 
     signals = [Signals.read(s) for s in scored.values(names.SIGNALS)]
-    classes = sorted({label for s in signals for label, _ in (s.top or [])} | {s.given_label for s in signals})
+    given = [s.given_class or s.given_label for s in signals]  # the label as the head names it
+    classes = sorted({label for s in signals for label, _ in (s.top or [])} | set(given))
     column = {label: i for i, label in enumerate(classes)}
     probabilities = np.full((len(signals), len(classes)), 0.0)
     for row, s in enumerate(signals):
         for label, p in s.top or []:
             probabilities[row, column[label]] = p
         if s.given_prob is not None:
-            probabilities[row, column[s.given_label]] = s.given_prob
+            probabilities[row, column[given[row]]] = s.given_prob
     probabilities /= probabilities.sum(axis=1, keepdims=True)
-    labels = np.array([column[s.given_label] for s in signals])
+    labels = np.array([column[label] for label in given])
     with tempfile.TemporaryDirectory() as folder:
         given, found = Path(folder) / "in.npz", Path(folder) / "out.npz"
         np.savez(given, labels=labels, pred_probs=probabilities)
