@@ -363,7 +363,8 @@ def eval_labels(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """How well mislabel_score ranks verified label errors first (AUROC, average precision,
-    precision at 10/25/50), beside the probability-only baselines of the same scan; how often the
+    precision at 10/25/50), beside the probability-only baselines of the same scan; the estimate of
+    wrong labels and the review queue against the truth; how often the
     suggested label is the humans' fix; how well `ambiguous` finds multi-label images."""
     from audit.evaluate.labels import evaluate_labels
     from audit.store import db
@@ -389,6 +390,10 @@ def eval_labels(
     if agrees["errors"]:
         out.print(f"{agrees['errors']} of the {report['n_errors']} label errors are the model's own top-1: with every "
                   f"other error ranked first, AUROC would be {agrees['auroc_disputed_first']:.3f}", highlight=False)
+    queue = report["queue"]
+    out.print(f"label errors among them: estimated {queue['estimate']:.0f}, verified {queue['errors']}; the review queue "
+              f"holds {queue['queue']}: precision {queue['precision']:.2f}, recall {queue['recall']:.2f}, F1 "
+              f"{queue['f1']:.3f} (the best cut of the ranking: {queue['best_f1']:.3f})", highlight=False)
     triage = Table("category / verdict of the verified candidates", "count", title="triage")
     for key, count in report["triage"].items():
         triage.add_row(key, str(count))

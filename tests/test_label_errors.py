@@ -2,6 +2,7 @@
 photos scanned by the real model, with labels a test flips, and on the same photos labelled right."""
 
 import csv
+import json
 import shutil
 
 import numpy as np
@@ -81,6 +82,18 @@ def test_rank_shows_the_estimate_above_the_table_and_a_rescore_keeps_it(flipped)
     assert result.exit_code == 0, result.output
     assert result.output.lstrip().startswith("label errors: about")
     assert db.audit_info(dataset)["label_errors"] == before
+
+
+def test_eval_labels_sets_the_estimate_and_the_queue_against_a_truth(flipped, tmp_path):
+    dataset, _ = flipped
+    truth = tmp_path / "truth.csv"
+    truth.write_text("filepath,label_error\n" + "".join(f"{path},{int(path.rsplit('/', 1)[-1] in FLIPS)}\n"
+                                                       for path in dataset.values("filepath")))
+    result = RUNNER.invoke(app, ["eval-labels", dataset.name, "--truth", str(truth), "--json"])
+    assert result.exit_code == 0, result.output
+    queue = json.loads(result.output)["queue"]
+    assert queue["errors"] == len(FLIPS) and queue["recall"] == 1.0 and queue["f1"] <= queue["best_f1"]
+    assert abs(queue["estimate"] - len(FLIPS)) <= 2
 
 
 def test_a_relabelled_sample_leaves_the_queue_by_the_stored_calibration(flipped, tmp_path):

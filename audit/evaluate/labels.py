@@ -75,12 +75,27 @@ def evaluate_labels(dataset, truth_path: Path) -> dict:
     report["ablation"] = {"mislabel_score without views": ranking_figures(is_error, without_views)}
     triage = Counter((categories[i], truth.verdicts[stem]) for i, stem in enumerate(stems) if stem in truth.verdicts)
     report["triage"] = {f"{category} / {verdict}": count for (category, verdict), count in sorted(triage.items())}
+    report["queue"] = queue_figures(is_error, np.array(scores, dtype=float), categories)
     report["separation"] = separation(stems, signals, categories, truth)
     report["model_agrees"] = model_agreed_errors(is_error, signals)
     report["suggestions"] = suggestion_figures(stems, signals, suggested, truth)
     if truth.multi_label is not None:
         report["ambiguous"] = ambiguous_figures(stems, signals, categories, truth)
     return report
+
+
+def queue_figures(is_error: np.ndarray, scores: np.ndarray, categories: list[str]) -> dict:
+    """The estimate of wrong labels among the judged samples (the sum of their calibrated
+    mislabel_score) beside the truth's count, and the review queue's (``suspected_mislabel``)
+    precision, recall and F1 beside the best F1 any cut of the ranking reaches in hindsight."""
+    queued = np.array([category == names.SUSPECTED_MISLABEL for category in categories])
+    hits = int((queued & is_error).sum())
+    precision, recall = hits / max(int(queued.sum()), 1), hits / max(int(is_error.sum()), 1)
+    found = np.cumsum(is_error[np.argsort(-scores, kind="stable")])
+    best = float((2 * found / (np.arange(1, len(scores) + 1) + is_error.sum())).max()) if len(scores) else 0.0
+    return {"estimate": float(scores.sum()), "errors": int(is_error.sum()), "queue": int(queued.sum()),
+            "precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0, "best_f1": best}
 
 
 def suggestion_figures(stems: list[str], signals: list[Signals], suggested: list[str | None], truth: Truth) -> dict:
