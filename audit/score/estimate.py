@@ -74,8 +74,8 @@ class Calibration:
 @dataclass(frozen=True)
 class LabelErrors:
     """The estimated number of wrong labels among ``labelled`` samples, with a range; per given
-    class, how many of its labels are wrong and what they should be; the raw score from which a
-    sample is in the review queue (the ``estimate`` most suspect labels); and the calibration."""
+    class, how many of its labels are wrong and what they should be; the review queue's length and
+    the raw score from which a label is in it (more likely wrong than right); and the calibration."""
 
     estimate: int
     low: int
