@@ -51,8 +51,8 @@ KEEP_ORDER = 1e-6
 SEED = 0
 # The review queue: the labels more likely wrong than right. On cifar10n-dev's two label sets and
 # five models' probabilities its F1 is 0.002-0.020 below the best any cut of the ranking reaches in
-# hindsight (8 of 10 within 0.02); the estimate's count as the queue's length is 0.01-0.07 below it
-# where the estimate is low (docs/label-errors.md).
+# hindsight; the estimate's count as the queue's length is 0.01-0.07 below it where the estimate is
+# low (docs/label-errors.md).
 QUEUE_FROM = 0.5
 
 
