@@ -72,21 +72,18 @@ def _judged(signals: Signals, verdict: Verdict) -> bool:
 
 
 def _estimate(signals: list[Signals], verdicts: list[Verdict]) -> tuple[LabelErrors, list[float | None]]:
-    """The estimate over the judged samples, and each sample's chance that its label is wrong (None
-    where it is not judged)."""
+    """The estimate over the judged samples, and each scored sample's chance that its label is wrong
+    (a scored sample the estimate cannot count, its score through the calibration; None unscored)."""
     rows = [row for row, (s, v) in enumerate(zip(signals, verdicts)) if _judged(s, v)]
     judged = [signals[r] for r in rows]
     fitted = bool(judged) and all(s.head == FIT for s in judged)
-    errors, calibrated = estimate_label_errors(
+    errors, _ = estimate_label_errors(
         confidence=np.array([s.pred_prob for s in judged], dtype=float),
         agrees=np.array([s.given_rank == 1 for s in judged]),
         raw_scores=np.array([verdicts[r].mislabel_score for r in rows], dtype=float),
         given=[s.given_label for s in judged], top=[s.pred_label for s in judged],
         **(_probability_matrix(judged) if fitted else {}))
-    chances: list[float | None] = [None] * len(signals)
-    for row, chance in zip(rows, calibrated):
-        chances[row] = float(chance)
-    return errors, chances
+    return errors, _chances(verdicts, errors)
 
 
 def _probability_matrix(signals: list[Signals]) -> dict:
@@ -104,7 +101,8 @@ def _probability_matrix(signals: list[Signals]) -> dict:
 
 
 def _chances(verdicts: list[Verdict], errors: LabelErrors | None) -> list[float | None]:
-    """The chances of a few samples from the dataset's stored calibration (None without one)."""
+    """Each sample's chance that its label is wrong: its raw score through the dataset's calibration
+    (None where it has no score, or the dataset no calibration)."""
     if errors is None or errors.calibration is None:
         return [None] * len(verdicts)
     scores = np.array([np.nan if v.mislabel_score is None else v.mislabel_score for v in verdicts], dtype=float)
