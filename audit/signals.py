@@ -14,6 +14,17 @@ LABEL_DEPENDENT = ("views", "consensus", "class_map_on_object", "in_set", "given
                    "given_rank", "label_quantile")
 
 
+# An Eigen-CAM box covering at least this share of the view the model saw singles out no one object
+# (the scoring names it in the reasons; the App's saved views leave such a box out).
+WHOLE_VIEW = 0.9
+
+
+def box_share_of_view(cam_box_area: float | None, visible_fraction: float | None) -> float:
+    """The Eigen-CAM box's share of what the model saw (the image after its crop), at most 1:
+    near 1, the box singles out no one object (WHOLE_VIEW)."""
+    return min((cam_box_area or 0.0) / (visible_fraction or 1.0), 1.0)
+
+
 def normalised_margin(given_prob: float, max_other_prob: float) -> float:
     """cleanlab's normalised margin, p(given) - max p(other), in [-1, 1]: higher = the label better supported."""
     return given_prob - max_other_prob

@@ -8,6 +8,7 @@ from audit import names
 from audit.review import app as review_app
 from audit.review.queue import review_queue
 from audit.review.relabel import mark_samples
+from audit.signals import WHOLE_VIEW
 from audit.store import db
 
 
@@ -55,7 +56,7 @@ def test_the_given_label_and_the_prediction_keep_a_colour_each(dataset):
 def test_the_saved_views_leave_out_a_box_that_spans_the_view_and_say_why(dataset):
     signals, notes = dataset.values([names.SIGNALS, names.EXPLAIN_NOTE])
     spans = [s["cam_box_area"] / s["visible_fraction"] for s in signals]
-    assert [bool(note) for note in notes] == [share >= db.BOX_SAYS_NOTHING for share in spans]  # no photo is small
+    assert [bool(note) for note in notes] == [share >= WHOLE_VIEW for share in spans]  # no photo is small
     assert any(notes) and not all(notes)
     review = dataset.load_saved_view(names.REVIEW_VIEW)
     for note, boxes, heatmap in zip(*review.values([names.EXPLAIN_NOTE, f"{names.EIGENCAM_BOX}.detections",

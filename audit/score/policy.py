@@ -29,7 +29,16 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from audit.names import AMBIGUOUS, BAD_BOX, CLASSIFIER_FAILURE, ERROR_CATEGORY, OK, SUSPECTED_MISLABEL
-from audit.signals import LABEL_DEPENDENT, Distribution, Duplicate, NeighbourVote, Signals, normalised_margin
+from audit.signals import (
+    LABEL_DEPENDENT,
+    WHOLE_VIEW,
+    Distribution,
+    Duplicate,
+    NeighbourVote,
+    Signals,
+    box_share_of_view,
+    normalised_margin,
+)
 
 # Outside the review queue (the labels more likely wrong than right, `audit.score.estimate.QUEUE_FROM`),
 # a sample is flagged only where its label has at least this chance of being wrong: on cifar10-dev,
@@ -54,8 +63,6 @@ TWO_CLASSES = 0.25
 SAME_REGION = 0.5
 # A second principal component explaining at least this share of the variance suggests a second object.
 SECOND_OBJECT_SHARE = 0.15
-# An Eigen-CAM box covering at least this share of the view the model saw singles out no one object.
-WHOLE_VIEW = 0.9
 # Neighbours: a share of the nearest samples carrying another label at or above which the reasons say so.
 NEIGHBOURS_DISAGREE = 0.5
 # With a fitted head, the score is this much the neighbours' vote (the share of the nearest samples
@@ -302,10 +309,10 @@ class Case:
         standing = (f"'{given}' below {whole.given_prob:.3f} (not in the top {signals.given_rank - 1})"
                     if signals.given_prob_bound else f"'{given}' at {whole.given_prob:.3f} (rank {signals.given_rank})")
         context = [f"predicted '{predicted}' at {signals.pred_prob:.2f}", standing]
-        spread = (signals.cam_box_area or 0.0) / (signals.visible_fraction or 1.0)
+        spread = box_share_of_view(signals.cam_box_area, signals.visible_fraction)
         no_one_object = spread >= WHOLE_VIEW  # shown, not scored: the two truths disagree on it (docs/how-it-works.md)
         if no_one_object:
-            context.append(f"Eigen-CAM singles out no one object (its box spans {min(spread, 1.0):.0%} of what the "
+            context.append(f"Eigen-CAM singles out no one object (its box spans {spread:.0%} of what the "
                            "model saw): a scene or several things, where the label may be right too")
         elif dominant:
             same = " too" if dominant.top_label == predicted else ""

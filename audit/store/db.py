@@ -12,6 +12,7 @@ from fiftyone import ViewField as F
 
 from audit import names, settings  # (also sets FiftyOne's environment before it is imported)
 from audit.errors import AuditError, first_line
+from audit.signals import WHOLE_VIEW, box_share_of_view
 
 
 class DatasetError(AuditError):
@@ -249,30 +250,38 @@ def _mark_review_ends(dataset: fo.Dataset) -> None:
 
 
 # Where the Eigen-CAM box and maps say nothing (benchmarks/small_images.py, docs/app.md): the same 361
-# ImageNet photos at 227, 64 and 32 px: boxes over 90 % of what the model saw 30, 47, 68 %; the map
-# drawn over 90 % of it 16, 34, 60 % (cifar10n-dev, 32 px: 76 %, 69 %).
-BOX_SAYS_NOTHING = 0.9  # the box's share of what the model saw: no one object singled out
+# ImageNet photos at 227, 64 and 32 px: boxes over 90 % of what the model saw (signals.WHOLE_VIEW) 30,
+# 47, 68 %; the map drawn over 90 % of it 16, 34, 60 % (cifar10n-dev, 32 px: 76 %, 69 %).
 SMALL_PHOTO = 64  # pixels, the short side: under it, box and maps are left out
 SMALL_NOTE = "too small for box and maps"
 
 
 def _note_explanations(dataset: fo.Dataset) -> None:
     """Write EXPLAIN_NOTE where the box or the maps say nothing: on a photo under SMALL_PHOTO pixels
-    a side (box and maps), else where the box spans BOX_SAYS_NOTHING of what the model saw."""
+    a side (box and maps), else where the box spans WHOLE_VIEW of what the model saw. Only the notes
+    that change are written (a rescore after a relabel changes none)."""
     if not dataset.has_sample_field(names.EXPLAIN_NOTE):
         dataset.add_sample_field(names.EXPLAIN_NOTE, fo.StringField)
     scanned = dataset.exists(f"{names.SIGNALS}.visible_fraction")
-    ids, areas, visible, widths, heights = scanned.values(
-        ["id", f"{names.SIGNALS}.cam_box_area", f"{names.SIGNALS}.visible_fraction", "metadata.width", "metadata.height"])
-    notes = {}
-    for sample_id, area, seen, width, height in zip(ids, areas, visible, widths, heights):
-        spans = f"{min((area or 0.0) / seen, 1.0):.0%} of what the model saw"
+    ids, areas, visible, widths, heights, written = scanned.values(
+        ["id", f"{names.SIGNALS}.cam_box_area", f"{names.SIGNALS}.visible_fraction", "metadata.width", "metadata.height",
+         names.EXPLAIN_NOTE])
+    changed = {}
+    for sample_id, area, seen, width, height, before in zip(ids, areas, visible, widths, heights, written):
+        share = box_share_of_view(area, seen)
+        note = None
         if width and height and min(width, height) < SMALL_PHOTO:
-            notes[sample_id] = f"{SMALL_NOTE} ({width}x{height}; the box spans {spans})"
-        elif (area or 0.0) / seen >= BOX_SAYS_NOTHING:
-            notes[sample_id] = f"box left out: it spans {spans} (no one object)"
-    dataset.exists(names.EXPLAIN_NOTE).set_field(names.EXPLAIN_NOTE, None).save()
-    dataset.set_values(names.EXPLAIN_NOTE, notes, key_field="id")
+            note = f"{SMALL_NOTE} ({width}x{height}; the box spans {share:.0%} of what the model saw)"
+        elif share >= WHOLE_VIEW:
+            note = f"box left out: it spans {share:.0%} of what the model saw (no one object)"
+        if note != before:
+            changed[sample_id] = note
+    if changed:
+        dataset.set_values(names.EXPLAIN_NOTE, changed, key_field="id")
+    # a sample unreadable since its note was written (its signals hold no figures) keeps none
+    stale = dataset.exists(names.EXPLAIN_NOTE).exists(f"{names.SIGNALS}.visible_fraction", False)
+    if len(stale):
+        stale.set_field(names.EXPLAIN_NOTE, None).save()
 
 
 def explained(view):
