@@ -28,7 +28,6 @@ throwaway mongod in a temporary folder. Without --cleanlab-python the cleanlab r
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -51,11 +50,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-flips", action="store_true")
     args = parser.parse_args()
-    if not os.environ.get("FIFTYONE_DATABASE_URI"):
-        sys.path.insert(0, str(REPO / "tests"))
-        from throwaway_db import start_throwaway_database
+    sys.path.insert(0, str(REPO / "tests"))
+    from throwaway_db import benchmark_database
 
-        start_throwaway_database(Path(tempfile.mkdtemp(prefix="audit-any-labels-")))
+    benchmark_database("audit-any-labels-")
     sys.path.insert(0, str(REPO))
     from rich.console import Console
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -82,11 +81,10 @@ def main() -> None:
         sys.path.insert(0, str(REPO))
         probabilities_only(args.cleanlab_python)
         return
-    if not os.environ.get("FIFTYONE_DATABASE_URI"):
-        sys.path.insert(0, str(REPO / "tests"))
-        from throwaway_db import start_throwaway_database
+    sys.path.insert(0, str(REPO / "tests"))
+    from throwaway_db import benchmark_database
 
-        start_throwaway_database(Path(tempfile.mkdtemp(prefix="audit-label-errors-")))
+    benchmark_database("audit-label-errors-")
     sys.path.insert(0, str(REPO))
     from rich.console import Console
     from rich.table import Table
@@ -125,6 +123,7 @@ def probabilities_only(cleanlab_python: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from audit.evaluate.labels import best_f1
     from audit.score.estimate import QUEUE_FROM, estimate_label_errors, noise_matrix_chances
 
     table = Table("labels", "model", "wrong", "confirmation", "noise matrix", "sum 1-p", "cleanlab count",
@@ -153,7 +152,7 @@ def probabilities_only(cleanlab_python: str | None) -> None:
             table.add_row(label_set, model, str(total), f"{errors.estimate} ({errors.estimate / total - 1:+.0%})",
                           f"{matrix:.0f} ({matrix / total - 1:+.0%})", f"{raw.sum():.0f} ({raw.sum() / total - 1:+.0%})",
                           "-" if cleanlab is None else f"{cleanlab} ({cleanlab / total - 1:+.0%})",
-                          f"{queue_f1:.3f}", f"{count_f1:.3f}", f"{best_f1(raw, wrong):.3f}")
+                          f"{queue_f1:.3f}", f"{count_f1:.3f}", f"{best_f1(wrong, raw):.3f}")
     Console(width=220).print(table)
 
 
@@ -187,6 +186,7 @@ def figures(dataset, name: str, truth_path: Path, cleanlab_python: str | None) -
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from audit import names
+    from audit.evaluate.labels import queue_figures
     from audit.evaluate.truth import read_truth
     from audit.store import db
 
@@ -197,16 +197,15 @@ def figures(dataset, name: str, truth_path: Path, cleanlab_python: str | None) -
     judged = np.array([truth.judges(stem) for stem in stems])
     wrong = np.array([truth.is_error(stem) for stem in stems])[judged]
     score = np.array(scores, dtype=float)[judged]
-    queued = np.array([c == names.SUSPECTED_MISLABEL for c in categories])[judged]
-    flagged = np.array([c not in (names.OK, names.ERROR_CATEGORY) for c in categories])[judged]
-    hits = int((queued & wrong).sum())
-    precision, recall = hits / max(queued.sum(), 1), hits / max(wrong.sum(), 1)
+    categories = [category for category, counted in zip(categories, judged) if counted]
+    queue = queue_figures(wrong, score, categories)
     errors = db.audit_info(dataset)["label_errors"]
-    row = {"set": name, "truth": truth_path.name, "judged": int(judged.sum()), "wrong": int(wrong.sum()),
-           "estimate": float(score.sum()), "error": float(score.sum() / max(wrong.sum(), 1) - 1),
+    row = {"set": name, "truth": truth_path.name, "judged": int(judged.sum()), "wrong": queue["errors"],
+           "estimate": queue["estimate"], "error": queue["estimate"] / max(queue["errors"], 1) - 1,
            "whole": f"{errors['estimate']} of {errors['labelled']}: {errors['low']}-{errors['high']}",
-           "precision": precision, "recall": recall, "f1": _f1(precision, recall), "best_f1": best_f1(score, wrong),
-           "queue_share": float(queued.mean()), "flagged_share": float(flagged.mean()),
+           **{key: queue[key] for key in ("precision", "recall", "f1", "best_f1")},
+           "queue_share": queue["queue"] / len(score),
+           "flagged_share": float(np.mean([c not in (names.OK, names.ERROR_CATEGORY) for c in categories])),
            "ap": float(average_precision_score(wrong, score)), "auroc": float(roc_auc_score(wrong, score)),
            "reliability": [(float(wrong[(score >= lo) & (score < hi)].mean()) if ((score >= lo) & (score < hi)).any() else 0.0,
                             int(((score >= lo) & (score < hi)).sum())) for lo, hi in zip(BANDS, BANDS[1:])]}
@@ -215,34 +214,15 @@ def figures(dataset, name: str, truth_path: Path, cleanlab_python: str | None) -
     return row
 
 
-def best_f1(score: np.ndarray, wrong: np.ndarray) -> float:
-    """The best F1 of any cut of the ranking (the first k samples flagged), chosen in hindsight."""
-    hits = np.cumsum(wrong[np.argsort(-score, kind="stable")])
-    return float((2 * hits / (np.arange(1, len(score) + 1) + wrong.sum())).max())
-
-
-def _f1(precision: float, recall: float) -> float:
-    return 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-
-
 def cleanlab_figures(scored, judged: np.ndarray, wrong: np.ndarray, cleanlab_python: str) -> dict:
     """cleanlab's count and list on the judging head's probabilities of every scored sample; the
-    count scaled to the judged samples' share, the list's precision and recall on them."""
+    count scaled to the judged samples' share, the list's precision, recall and F1 on them."""
     from audit import names
+    from audit.evaluate.labels import precision_recall
+    from audit.score.triage import probability_matrix
     from audit.signals import Signals
 
-    signals = [Signals.read(s) for s in scored.values(names.SIGNALS)]
-    given = [s.given_class or s.given_label for s in signals]  # the label as the head names it
-    classes = sorted({label for s in signals for label, _ in (s.top or [])} | set(given))
-    column = {label: i for i, label in enumerate(classes)}
-    probabilities = np.full((len(signals), len(classes)), 0.0)
-    for row, s in enumerate(signals):
-        for label, p in s.top or []:
-            probabilities[row, column[label]] = p
-        if s.given_prob is not None:
-            probabilities[row, column[given[row]]] = s.given_prob
-    probabilities /= probabilities.sum(axis=1, keepdims=True)
-    labels = np.array([column[label] for label in given])
+    probabilities, labels, _ = probability_matrix([Signals.read(s) for s in scored.values(names.SIGNALS)])
     with tempfile.TemporaryDirectory() as folder:
         given, found = Path(folder) / "in.npz", Path(folder) / "out.npz"
         np.savez(given, labels=labels, pred_probs=probabilities)
@@ -250,10 +230,9 @@ def cleanlab_figures(scored, judged: np.ndarray, wrong: np.ndarray, cleanlab_pyt
         result = np.load(found)
         issues = result["issues"][judged]
         count = float(result["count"]) * judged.sum() / len(judged)
-    hits = int((issues & wrong).sum())
-    precision, recall = hits / max(issues.sum(), 1), hits / max(wrong.sum(), 1)
-    return {"cleanlab_count": count, "cleanlab_precision": precision, "cleanlab_recall": recall,
-            "cleanlab_f1": _f1(precision, recall)}
+    found = precision_recall(wrong, issues)
+    return {"cleanlab_count": count, "cleanlab_precision": found["precision"], "cleanlab_recall": found["recall"],
+            "cleanlab_f1": found["f1"]}
 
 
 CLEANLAB_SCRIPT = """

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +47,10 @@ def main() -> None:
     parser.add_argument("--no-user-model", action="store_true", help="leave the user's classifier out")
     parser.add_argument("--limit", type=int, help="the first N photos only (a quick look, not the figures)")
     args = parser.parse_args()
-    if not os.environ.get("FIFTYONE_DATABASE_URI"):
-        sys.path.insert(0, str(REPO / "tests"))
-        from throwaway_db import start_throwaway_database
+    sys.path.insert(0, str(REPO / "tests"))
+    from throwaway_db import benchmark_database
 
-        start_throwaway_database(Path(tempfile.mkdtemp(prefix="audit-own-model-")))
+    benchmark_database("audit-own-model-")
     sys.path.insert(0, str(REPO))
     from rich.console import Console
     from rich.table import Table
@@ -117,6 +114,7 @@ def figures(dataset, truth: dict, label_set: str, by: str) -> dict:
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from audit import names
+    from audit.score.triage import probability_matrix
     from audit.signals import Signals
     from audit.store import db
 
@@ -126,13 +124,9 @@ def figures(dataset, truth: dict, label_set: str, by: str) -> dict:
     if db.audit_info(dataset)["head"]["kind"] == "given":
         classes = predictions["classes"]
         probabilities = np.array(dataset.values(names.GIVEN_PROBABILITIES), dtype=np.float64)
-    else:
-        classes = sorted({label for s in stored for label, _ in Signals.read(s).top})
-        probabilities = np.zeros((len(stored), len(classes)))
-        for row, s in enumerate(stored):
-            for label, p in Signals.read(s).top:
-                probabilities[row, classes.index(label)] = p
-    label_index = np.array([classes.index(label) for label in labels])
+        label_index = np.array([classes.index(label) for label in labels])
+    else:  # your classifier's head: all its classes are stored, named as the labels
+        probabilities, label_index, classes = probability_matrix([Signals.read(s) for s in stored])
     rows = np.arange(len(labels))
     given = probabilities[rows, label_index]
     others = probabilities.copy()

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,3 +67,11 @@ def start_throwaway_database(folder: Path, remove_on_exit: bool = True) -> str:
     os.environ["FIFTYONE_DATABASE_VALIDATION"] = "false"
     os.environ["FIFTYONE_DO_NOT_TRACK"] = "true"
     return uri
+
+
+def benchmark_database(prefix: str) -> None:
+    """A benchmark's database: FIFTYONE_DATABASE_URI's when set (its scans are then kept between
+    runs), else a throwaway mongod in a temporary folder whose name starts with ``prefix``. Call
+    before importing fiftyone."""
+    if not os.environ.get("FIFTYONE_DATABASE_URI"):
+        start_throwaway_database(Path(tempfile.mkdtemp(prefix=prefix)))

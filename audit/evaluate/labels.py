@@ -88,14 +88,18 @@ def queue_figures(is_error: np.ndarray, scores: np.ndarray, categories: list[str
     """The estimate of wrong labels among the judged samples (the sum of their calibrated
     mislabel_score) beside the truth's count, and the review queue's (``suspected_mislabel``)
     precision, recall and F1 beside the best F1 any cut of the ranking reaches in hindsight."""
-    queued = np.array([category == names.SUSPECTED_MISLABEL for category in categories])
-    hits = int((queued & is_error).sum())
-    precision, recall = hits / max(int(queued.sum()), 1), hits / max(int(is_error.sum()), 1)
-    found = np.cumsum(is_error[np.argsort(-scores, kind="stable")])
-    best = float((2 * found / (np.arange(1, len(scores) + 1) + is_error.sum())).max()) if len(scores) else 0.0
+    queued = np.array([category == names.SUSPECTED_MISLABEL for category in categories], dtype=bool)
     return {"estimate": float(scores.sum()), "errors": int(is_error.sum()), "queue": int(queued.sum()),
-            "precision": precision, "recall": recall,
-            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0, "best_f1": best}
+            **precision_recall(is_error, queued), "best_f1": best_f1(is_error, scores)}
+
+
+def best_f1(is_error: np.ndarray, scores: np.ndarray) -> float:
+    """The best F1 any cut of the ranking by ``scores`` reaches (its first k samples called errors),
+    k chosen in hindsight."""
+    if not len(scores):
+        return 0.0
+    found = np.cumsum(is_error[np.argsort(-scores, kind="stable")])
+    return float((2 * found / (np.arange(1, len(scores) + 1) + is_error.sum())).max())
 
 
 def suggestion_figures(stems: list[str], signals: list[Signals], suggested: list[str | None], truth: Truth) -> dict:
@@ -138,17 +142,20 @@ def ambiguous_figures(stems: list[str], signals: list[Signals], categories: list
     by_margin = np.zeros(len(stems), dtype=bool)
     by_margin[np.argsort(margin, kind="stable")[:int(called.sum())]] = True
     figures = {"n": len(stems), "multi_label": int(multi.sum()), "flagged": int(called.sum()),
-               "ambiguous": _precision_recall(multi, called), "top-1 margin alone": _precision_recall(multi, by_margin)}
+               "ambiguous": precision_recall(multi, called), "top-1 margin alone": precision_recall(multi, by_margin)}
     if multi.any() and not multi.all():
         figures["signals"] = {name: float(roc_auc_score(multi, [f(s) for s in signals]))
                               for name, f in AMBIGUITY_SIGNALS.items()}
     return figures
 
 
-def _precision_recall(truth: np.ndarray, called: np.ndarray) -> dict:
+def precision_recall(truth: np.ndarray, called: np.ndarray) -> dict:
+    """Precision, recall and F1 of the samples ``called`` against ``truth`` (boolean arrays)."""
     hits = int((truth & called).sum())
-    return {"precision": hits / int(called.sum()) if called.any() else 0.0,
-            "recall": hits / int(truth.sum()) if truth.any() else 0.0}
+    precision = hits / int(called.sum()) if called.any() else 0.0
+    recall = hits / int(truth.sum()) if truth.any() else 0.0
+    return {"precision": precision, "recall": recall,
+            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0}
 
 
 def model_agreed_errors(is_error: np.ndarray, signals: list[Signals]) -> dict:

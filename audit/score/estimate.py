@@ -75,8 +75,8 @@ class Calibration:
 @dataclass(frozen=True)
 class LabelErrors:
     """The estimated number of wrong labels among ``labelled`` samples, with a range; per given
-    class, how many of its labels are wrong and what they should be; the review queue's length and
-    the raw score from which a label is in it (more likely wrong than right); and the calibration."""
+    class, how many of its labels are wrong and what they should be; the review queue's length (the
+    categories', `audit.score.triage.rescore`); and the calibration."""
 
     estimate: int
     low: int
@@ -84,7 +84,6 @@ class LabelErrors:
     labelled: int
     per_class: dict = field(default_factory=dict)  # label -> {"labelled", "wrong", "share", "should_be": {label: n}}
     queue: int = 0  # the labels more likely wrong than right (QUEUE_FROM): the review queue's length
-    threshold: float | None = None  # raw scores at or above it are in the queue (None: an empty queue)
     calibration: Calibration | None = None
 
     @property
@@ -105,7 +104,7 @@ class LabelErrors:
 
     def stored(self) -> dict:
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "labelled": self.labelled,
-                "share": round(self.share, 4), "per_class": self.per_class, "queue": self.queue, "threshold": self.threshold,
+                "share": round(self.share, 4), "per_class": self.per_class, "queue": self.queue,
                 "calibration": self.calibration.stored() if self.calibration else None}
 
     @classmethod
@@ -114,7 +113,7 @@ class LabelErrors:
             return None
         calibration = stored.get("calibration")
         return cls(estimate=stored["estimate"], low=stored["low"], high=stored["high"], labelled=stored["labelled"],
-                   per_class=stored.get("per_class") or {}, queue=stored.get("queue", 0), threshold=stored.get("threshold"),
+                   per_class=stored.get("per_class") or {}, queue=stored.get("queue", 0),
                    calibration=Calibration(**calibration) if calibration else None)
 
 
@@ -168,12 +167,9 @@ def estimate_label_errors(*, confidence: np.ndarray, agrees: np.ndarray, raw_sco
         low, high = _noise_matrix_range(probabilities, labels, resamples)
     estimate = int(round(chances.sum()))
     calibration = _calibration(raw_scores, chances)
-    calibrated = calibration.apply(raw_scores)
-    queued = calibrated >= QUEUE_FROM
     errors = LabelErrors(estimate=estimate, low=min(low, estimate), high=max(high, estimate), labelled=labelled,
-                         per_class=_per_class(chances, given, top), queue=int(queued.sum()),
-                         threshold=float(raw_scores[queued].min()) if queued.any() else None, calibration=calibration)
-    return errors, calibrated
+                         per_class=_per_class(chances, given, top), calibration=calibration)
+    return errors, calibration.apply(raw_scores)
 
 
 def _bins(confidence: np.ndarray) -> np.ndarray:

@@ -76,28 +76,35 @@ def _estimate(signals: list[Signals], verdicts: list[Verdict]) -> tuple[LabelErr
     (a scored sample the estimate cannot count, its score through the calibration; None unscored)."""
     rows = [row for row, (s, v) in enumerate(zip(signals, verdicts)) if _judged(s, v)]
     judged = [signals[r] for r in rows]
-    fitted = bool(judged) and all(s.head == FIT for s in judged)
+    noise_matrix = {}  # a fitted head's probabilities: the noise-matrix method (see audit.score.estimate)
+    if judged and all(s.head == FIT for s in judged):
+        probabilities, columns, _ = probability_matrix(judged)
+        noise_matrix = {"probabilities": probabilities, "labels": columns}
     errors, _ = estimate_label_errors(
         confidence=np.array([s.pred_prob for s in judged], dtype=float),
         agrees=np.array([s.given_rank == 1 for s in judged]),
         raw_scores=np.array([verdicts[r].mislabel_score for r in rows], dtype=float),
         given=[s.given_label for s in judged], top=[s.pred_label for s in judged],
-        **(_probability_matrix(judged) if fitted else {}))
+        **noise_matrix)
     return errors, _chances(verdicts, errors)
 
 
-def _probability_matrix(signals: list[Signals]) -> dict:
-    """A fitted head's probabilities (N x K, from each sample's stored top classes and its label's,
-    the rest 0) and each label's column: what the noise-matrix method reads."""
-    classes = sorted({label for s in signals for label, _ in s.top or []} | {s.given_label for s in signals})
+def probability_matrix(signals: list[Signals]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The judging head's probabilities of ``signals`` (N x K over the classes their stored top classes
+    and labels name; a class outside a sample's stored top counts 0 there; rows summing to 1), each
+    label's column (the label as the head names it) and the K classes: what the noise-matrix method
+    reads, and the benchmarks' baselines."""
+    given = [s.given_class or s.given_label for s in signals]
+    classes = sorted({label for s in signals for label, _ in s.top or []} | set(given))
     column = {label: index for index, label in enumerate(classes)}
     probabilities = np.zeros((len(signals), len(classes)))
     for row, s in enumerate(signals):
         for label, probability in s.top or []:
             probabilities[row, column[label]] = probability
-        probabilities[row, column[s.given_label]] = s.given_prob
+        if s.given_prob is not None:
+            probabilities[row, column[given[row]]] = s.given_prob
     probabilities /= np.maximum(probabilities.sum(axis=1, keepdims=True), 1e-12)
-    return {"probabilities": probabilities, "labels": np.array([column[s.given_label] for s in signals])}
+    return probabilities, np.array([column[label] for label in given]), classes
 
 
 def _chances(verdicts: list[Verdict], errors: LabelErrors | None) -> list[float | None]:
