@@ -103,7 +103,7 @@ def scan(
     shard: Annotated[str, typer.Option(help="I/N: scan the I-th (1..N) of N deterministic parts.")] = "1/1",
     restart: Annotated[bool, typer.Option(help="Redo samples already scanned.")] = False,
     second_opinion: Annotated[bool, typer.Option(
-        help="Classify the mirror image and the object crops of the samples in doubt.")] = True,
+        help="With the model's head: classify the mirror image and the object crops of the samples in doubt.")] = True,
     class_maps: Annotated[bool, typer.Option(help="Grad-CAM maps of the predicted and the given class.")] = True,
     all_boxes: Annotated[bool, typer.Option(
         help="A box for every large Eigen-CAM segment (several objects), not only the largest.")] = False,
@@ -193,7 +193,7 @@ def _print_scanned(dataset, result) -> None:
     _say(f"scanned {summary.scanned}, already done {summary.skipped}, unreadable {summary.unreadable}; "
          + ", ".join(f"{c} {n}" for c, n in sorted(scoring.counts.items())))
     if summary.head is not None:
-        again = f", {summary.classified_again} in doubt classified again" if summary.classified_again else ""
+        again = f", {summary.examined} flagged examined again" if summary.examined else ""
         _say(f"head: {summary.head.kind} ({summary.head.why}); second phase judged {summary.judged}{again} "
              f"in {summary.second_phase_seconds:.1f} s")
     if summary.unreadable:

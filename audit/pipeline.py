@@ -89,7 +89,7 @@ def audit_dataset(dataset, models: list[AuditModel], *, options: ScanOptions | N
     Raises `audit.store.lock.LockError` when another scan of it runs; Ctrl-C saves what is done and returns
     an interrupted result, which the same call resumes."""
     summary = scan(dataset, models, options=options or ScanOptions(), progress=progress)
-    scoring = None if summary.interrupted else rescore(dataset._root_dataset)
+    scoring = None if summary.interrupted else summary.scoring or rescore(dataset._root_dataset)
     return AuditResult(summary, scoring)
 
 

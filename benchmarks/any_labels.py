@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--cleanlab-python", help="a Python with cleanlab installed (its own environment)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-flips", action="store_true")
+    parser.add_argument("--head", default="auto", choices=("auto", "model", "fit"),
+                        help="the scans' head (auto: the model's where the labels are its classes)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     from throwaway_db import benchmark_database
@@ -59,8 +61,8 @@ def main() -> None:
 
     console = Console()
     for name in args.sets:
-        bench = Benchmark(name, args.cleanlab_python, console)
-        dataset = bench.scan(DATA / name / "labels.csv", f"bench-{name}")
+        bench = Benchmark(name, args.cleanlab_python, console, head=args.head)
+        dataset = bench.scan(DATA / name / "labels.csv", f"bench-{name}" + ("" if args.head == "auto" else f"-{args.head}"))
         for truth in SETS[name]:
             bench.report(dataset, f"{name}, {truth}", bench.truth(dataset, DATA / name / truth), TARGET_REAL)
         if not args.no_flips:
@@ -70,8 +72,8 @@ def main() -> None:
 
 
 class Benchmark:
-    def __init__(self, name: str, cleanlab_python: str | None, console):
-        self.name, self.cleanlab_python, self.console = name, cleanlab_python, console
+    def __init__(self, name: str, cleanlab_python: str | None, console, *, head: str = "auto"):
+        self.name, self.cleanlab_python, self.console, self.head = name, cleanlab_python, console, head
         from audit.models.registry import load_model
 
         self.model = load_model()
@@ -84,9 +86,10 @@ class Benchmark:
 
     def _audit(self, dataset):
         from audit.pipeline import audit_dataset, scan_progress
+        from audit.scan.options import ScanOptions
 
         with scan_progress() as progress:
-            result = audit_dataset(dataset, [self.model], progress=progress)
+            result = audit_dataset(dataset, [self.model], options=ScanOptions(head=self.head), progress=progress)
         self.console.print(f"{dataset.name}: head {result.scan.head.kind} ({result.scan.head.why}); first phase "
                            f"{result.scan.seconds:.0f} s, second phase {result.scan.second_phase_seconds:.0f} s")
         return dataset

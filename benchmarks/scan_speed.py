@@ -18,13 +18,13 @@ their ratio: the scan streams, so memory must not grow with the number of images
 dataset's own documents.
 
 (b) reports its second phase (`audit.scan.second_phase`: the neighbours' vote, FiftyOne Brain's index
-and 2-D map; with a fitted head the fit and the samples in doubt) apart, as a share of the scan.
+and 2-D map; with a fitted head the fit, the scoring and the flagged samples' class maps) apart, as a
+share of the scan.
 --imagenette scans ../shared/data/imagenette (its 2,494 photos, its labels) instead of replicas.
 --second-phase-memory runs the second phase alone over 5,000 and 50,000 samples (or --sizes)
 replicated from a scan of 1,000 (their embeddings with a little noise, their signals), each in a
 process of its own, and prints the peak memory of each and their ratio; with --head fit the copies
-are labelled in ten classes of their own and the phase fits its heads (the samples in doubt are
-not sent through the network again: that part streams a batch at a time).
+are labelled in ten classes of their own and the phase fits its heads.
 
 --engine ray runs `audit scan` (defaults) three times over the same N images, each in a process
 of its own: the local engine; Ray with one model actor (a local instance the run starts); Ray on
@@ -51,7 +51,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -283,24 +282,18 @@ def grow(base: str, name: str, n: int, own_classes: bool = False) -> None:
 
 
 def second_phase_alone(name: str, head: str) -> dict:
-    """The second phase over dataset ``name`` (with a fitted head: the fit, the vote and the
-    indexes, not the samples in doubt through the network: that part streams in batches)."""
+    """The second phase over dataset ``name`` (with a fitted head: the fit, the vote and the indexes)."""
     sys.path.insert(0, str(REPO))
     from audit.heads.choice import choose_head
     from audit.models.registry import load_model
     from audit.scan import second_phase
-    from audit.scan.evidence import EvidenceOptions
-    from audit.scan.local import LocalEngine
     from audit.store import db
 
     dataset = db.load_dataset(name)
     model = load_model("efficientnet_lite0", device="auto")
     key = db.audit_info(dataset)["scan"]["key"]
     started = time.perf_counter()
-    evidence = EvidenceOptions(class_maps=head != "fit", second_opinion=head != "fit")
-    with ThreadPoolExecutor(max_workers=1) as png_writer:
-        done = second_phase.run(dataset, [model], key, choose_head(dataset, model, head), evidence, 32,
-                                LocalEngine(0, png_writer))
+    done = second_phase.run(dataset, [model], key, choose_head(dataset, model, head))
     return {"judged": done.judged, "seconds": time.perf_counter() - started, "peak_mb": peak_mb(resource.RUSAGE_SELF)}
 
 

@@ -67,13 +67,20 @@ def test_embeddings_are_what_the_model_s_classifier_reads(scanned, embedded_mode
     assert [embedded_model.classes[i] for i in logits.argmax(1).tolist()] == model_top
 
 
-def test_class_maps_and_second_opinions_come_from_the_fold_head(scanned):
-    dataset, planted, _ = scanned
+def test_flagged_samples_get_class_maps_and_the_mirror_s_view_from_their_fold_head(scanned):
+    from audit.scan.flagged import FLAGGED
+
+    dataset, planted, output = scanned
     sample = dataset.match(db.F("filepath") == str(planted)).first()
-    assert sample[names.GRADCAM_PRED] is not None and sample[names.GRADCAM_PRED].map.max() == 255
-    views = sample[names.SIGNALS]["views"]
-    assert {"flip", "object"} <= set(views)
-    assert views["flip"]["top_label"] in set(OWN_CLASSES) | {SMALL_CLASS}
+    assert sample[names.GRADCAM_PRED].map.max() == 255  # the given label's may be 0 throughout: no evidence for it
+    assert not np.array_equal(sample[names.GRADCAM_PRED].map, sample[names.GRADCAM_GIVEN].map)
+    assert set(sample[names.SIGNALS]["class_map_on_object"]) == {"pred", "given"}
+    assert set(sample[names.SIGNALS]["views"]) == {"flip"}
+    assert sample[names.SIGNALS]["views"]["flip"]["top_label"] in set(OWN_CLASSES) | {SMALL_CLASS}
+    examined = set(dataset.exists(names.GRADCAM_PRED).values("id"))
+    assert set(dataset.match(db.F(names.CATEGORY).is_in(FLAGGED)).values("id")) <= examined
+    assert set(dataset.exists(f"{names.SIGNALS}.views").values("id")) == examined  # no other image read again
+    assert f"{len(examined)} flagged examined again" in output
 
 
 def test_a_class_of_two_is_judged_and_says_so(scanned):
@@ -115,7 +122,8 @@ class StopAfter:
                 raise KeyboardInterrupt
 
 
-def test_the_second_phase_interrupted_and_resumed_gives_the_same_result(scanned, embedded_model):
+def test_the_second_phase_interrupted_and_resumed_gives_the_same_result(scanned, embedded_model, monkeypatch):
+    from audit.scan import second_phase
     from audit.scan.options import ScanOptions
     from audit.scan.run import scan
     from audit.score.triage import rescore
@@ -124,6 +132,7 @@ def test_the_second_phase_interrupted_and_resumed_gives_the_same_result(scanned,
     before = rows(dataset)
     dataset.set_values(names.HEAD_DONE, dict.fromkeys(dataset.values("id")), key_field="id")
     options = ScanOptions(workers=0, batch_size=4)
+    monkeypatch.setattr(second_phase, "CHUNK", 10)  # samples written at a time: a few chunks here
     stopped = scan(dataset, embedded_model, options=options, progress=StopAfter(2))
     assert stopped.interrupted
     left = len(dataset.match(db.F(names.HEAD_DONE) == None))  # noqa: E711

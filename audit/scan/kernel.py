@@ -1,6 +1,6 @@
 """What both phases and both engines (local, Ray) share: the process set-up for a streaming pass,
-a decoded batch -> its samples' fields (first phase: `batch_fields`; through a fold's fitted head:
-`fold_fields`), the map files written atomically, and the bulk writer whose done marker goes last."""
+a decoded batch -> its samples' fields (first phase: `batch_fields`; a flagged sample through its
+fold's fitted head: `fold_fields`), the map files written atomically, and the bulk writer whose done marker goes last."""
 
 from __future__ import annotations
 
@@ -16,9 +16,22 @@ import torch
 from audit import names, settings
 from audit.heads.fitted import FoldHead
 from audit.models.registry import AuditModel, model_class_index
-from audit.scan.evidence import EvidenceOptions, batch_evidence, embeddings_field, field_suffix, model_field_names, sample_fields
+from audit.scan.evidence import (
+    EvidenceOptions,
+    batch_evidence,
+    distribution_signals,
+    explain_batch,
+    field_suffix,
+    model_field_names,
+    sample_fields,
+    view_probabilities,
+)
 from audit.scan.options import ScanOptions
 from audit.signals import Signals
+from audit.store import db
+
+# The key of `fold_fields`' part of the signals (the class maps' shares, the mirror's view), merged into the stored ones.
+SIGNALS_UPDATE = "signals_update"
 
 # --- resources: processes, threads, memory format, precision ------------------------------------
 
@@ -115,25 +128,32 @@ class WithFoldHead:
         return self.fold_head.logits_from_activations
 
 
-def fold_fields(heads: list[WithFoldHead], batch: dict, labels: list[str | None], evidence_options, out_dir,
-                save_map) -> list[tuple[str, dict | None, list]]:
-    """Per sample of a decoded batch through one fold's ``heads`` (the scan's evidence code): its id,
-    its fields (None where unreadable; the first phase's embeddings, what the heads were fitted on,
-    left as they are) and what ``save_map(path, heatmap)`` returned for its map files."""
-    classes = list(heads[0].classes)
+def fold_fields(heads: list[WithFoldHead], batch: dict, labels: list[str | None],
+                box_threshold: float) -> list[tuple[str, dict | None, list]]:
+    """Per sample of a decoded batch through one fold's ``heads``: its id and, from the first head,
+    its class maps (``gradcam_pred``, ``gradcam_given``: small, inline), their shares inside the
+    Eigen-CAM box (``class_map_on_object``) and the mirror image's distribution (``views``: its
+    ``flip``), the last two for the stored signals; None where unreadable. No files are written:
+    the first phase's Eigen-CAM maps stay as they are."""
+    head = heads[0]
+    classes = list(head.classes)
     given = [classes.index(label) if label in classes else None for label in labels]
-    samples = batch_evidence(heads, batch, given, evidence_options)
+    options = EvidenceOptions(box_threshold=box_threshold, class_maps=True, second_opinion=False)
+    images = batch["images"][0]
+    results = explain_batch(head, images, batch, options, given)
+    readable = [row for row, result in enumerate(results) if result is not None]
+    mirrored = view_probabilities(head, images, readable, {}, {})
     rows = []
-    for sample_id, sample, label, given_index in zip(batch["index"], samples, labels, given):
-        if sample is None:
+    for row, (sample_id, result) in enumerate(zip(batch["index"], results)):
+        if result is None:
             rows.append((sample_id, None, []))
             continue
-        paths = [out_dir / f"{sample_id}{suffix}.png" for suffix in map_suffixes(heads)]
-        written = [save_map(path, result.map) for path, result in zip(paths, sample.results)]
-        fields = sample_fields(heads, sample, label, given_index, paths)
-        for index in range(len(heads)):
-            fields.pop(embeddings_field(heads, index))
-        rows.append((sample_id, fields, written))
+        fields = {map_field: None if result.class_maps.get(name) is None else
+                  db.fo.Heatmap(map=result.class_maps[name], range=[0, 255])
+                  for name, map_field in (("given", names.GRADCAM_GIVEN), ("pred", names.GRADCAM_PRED))}
+        signals = {"class_map_on_object": result.on_object or None,
+                   "views": {"flip": distribution_signals(mirrored[row]["flip"], given[row], classes)}}
+        rows.append((sample_id, {**fields, SIGNALS_UPDATE: signals}, []))
     return rows
 
 
@@ -166,11 +186,11 @@ def write_map(path: Path, heatmap) -> bool:
 
 
 class BulkWriter:
-    """Buffers per-sample fields and writes them in bulk, one ``set_values`` per field; the done
-    marker (``marker``: the field it goes to) goes last, once the heatmap files of those samples
-    (and only those) are on disk."""
+    """Buffers per-sample fields and writes them in bulk, one ``set_values`` per field in the order of
+    their names; the done marker (``marker``: the field it goes to, None for none) goes last, once
+    the heatmap files of those samples (and only those) are on disk."""
 
-    def __init__(self, dataset, key: str, marker: str = names.DONE):
+    def __init__(self, dataset, key: str | None, marker: str | None = names.DONE):
         self.dataset = dataset
         self.key, self.marker = key, marker
         self.rows: dict[str, dict] = {}
@@ -197,7 +217,8 @@ class BulkWriter:
         for name in field_names:
             values = {sid: fields.get(name) for sid, fields in self.rows.items()}
             self.dataset.set_values(name, values, key_field="id")
-        self.dataset.set_values(self.marker, {sid: self.key for sid in self.rows}, key_field="id")
+        if self.marker is not None:
+            self.dataset.set_values(self.marker, {sid: self.key for sid in self.rows}, key_field="id")
         self.write_seconds += time.perf_counter() - started
         self.written += len(self.rows)
         self.rows, self.pending = {}, []

@@ -93,13 +93,9 @@ class LocalEngine:
                 batch["gt_boxes"] = [pending.boxes.pop(sample_id, None) for sample_id in batch["index"]]
             yield batch_fields(models, batch, given_labels, evidence_options, out_dir, label_set_indices, self.save_map)
 
-    def classify_again(self, heads: list, items: list[tuple], evidence_options: EvidenceOptions, batch_size: int,
-                       out_dir: Path) -> Iterator[list]:
-        """The second phase's samples in doubt of one fold (``items``: (id, filepath, label, gt boxes))
-        through the fold's heads: per batch, `audit.fold_fields`' rows."""
-        labels = {item[0]: (item[2], item[3]) for item in items}
-        for batch in make_loader([item[:2] for item in items], heads, batch_size, self.workers):
-            given = [labels[sample_id] for sample_id in batch["index"]]
-            batch["gt_boxes"] = [boxes for _label, boxes in given]
-            yield fold_fields(heads, batch, [label for label, _ in given], evidence_options, out_dir,
-                                           self.save_map)
+    def examine(self, heads: list, items: list[tuple], box_threshold: float, batch_size: int) -> Iterator[list]:
+        """Flagged samples of one fold (``items``: (id, filepath, label, None)) through the fold's first
+        head (`audit.scan.flagged`): per batch, `audit.scan.kernel.fold_fields`' rows."""
+        labels = {item[0]: item[2] for item in items}
+        for batch in make_loader([item[:2] for item in items], heads[:1], batch_size, self.workers):
+            yield fold_fields(heads, batch, [labels[sample_id] for sample_id in batch["index"]], box_threshold)

@@ -36,7 +36,7 @@ class ScanOptions:
     box_threshold: float = DEFAULT_THRESHOLD
     all_boxes: bool = False  # a box for every large Eigen-CAM segment, not only the largest
     class_maps: bool = True  # class-discriminative maps for the predicted and the given class
-    second_opinion: bool = True  # classify views of the samples in doubt (see audit.evidence)
+    second_opinion: bool = True  # with the model's head, classify views of the samples in doubt (see audit.evidence)
     amp: bool | None = None  # mixed precision for the forward pass; None: on CUDA only
     threads: int | None = None  # torch threads of this process; None: torch's own default
     head: str = "auto"  # which head judges the labels: auto, model or fit (see `audit.head_choice`)
@@ -63,8 +63,9 @@ class ScanSummary:
     write_seconds: float = 0.0  # of which spent writing to the database
     head: HeadChoice | None = None
     judged: int = 0  # samples the second phase wrote (neighbours; with a fitted head, its probabilities)
-    classified_again: int = 0  # of which classified again through their fold's head (in doubt)
-    second_phase_seconds: float = 0.0
+    examined: int = 0  # with a fitted head: flagged samples given class maps and the mirror's view through it
+    second_phase_seconds: float = 0.0  # the second phase, and with a fitted head the scoring and the flagged samples
+    scoring: object | None = None  # with a fitted head: the scoring (`audit.score.triage.ScoringSummary`)
 
 
 def scan_key(models: list[AuditModel], options: ScanOptions, head: str = MODEL) -> str:

@@ -37,6 +37,7 @@ import torch
 from audit import names
 from audit.errors import AuditError
 from audit.models.registry import AuditModel, load_model
+from audit.scan.evidence import EvidenceOptions
 from audit.scan.kernel import WithFoldHead, batch_fields, fast_memory_format, fold_fields, model_runtime, write_map
 from audit.scan.ray_tasks import ItemsChunk, MongoChunk, Source, probe, read_chunk
 from audit.store import db
@@ -111,8 +112,8 @@ def _datasource(chunks: list, source: Source):
 
 class ModelActor:
     """One model replica (per GPU, or per node on CPUs): loads the models once and turns a decoded
-    batch into each sample's fields, writing its map files; ``fold_heads`` (per model, a fitted
-    fold head and the dataset's classes) makes it the second phase's (`audit.scan.kernel.fold_fields`)."""
+    batch into each sample's fields, writing its map files; ``fold_heads`` (the first model's fitted
+    fold head and the dataset's classes) makes it examine flagged samples (`audit.scan.kernel.fold_fields`)."""
 
     def __init__(self, specs: list[ModelSpec], device: str, options, evidence_options, out_dir: str,
                  label_set_indices=None, fold_heads=None):
@@ -131,7 +132,7 @@ class ModelActor:
         batch = self._batch(columns)
         labels = [json.loads(label) for label in columns["label"]]
         if self.fold:
-            rows = fold_fields(self.models, batch, labels, self.evidence_options, self.out_dir, _save_map)
+            rows = fold_fields(self.models, batch, labels, self.evidence_options.box_threshold)
         else:
             rows = batch_fields(self.models, batch, labels, self.evidence_options, self.out_dir,
                                 self.label_set_indices, _save_map)
@@ -238,13 +239,14 @@ class RayEngine:
         yield from self._run(chunks, source, dict(label_set_indices=label_set_indices), evidence_options,
                              options.batch_size)
 
-    def classify_again(self, heads, items: list[tuple], evidence_options, batch_size: int, out_dir: Path) -> Iterator[list]:
-        """The second phase's samples in doubt of one fold through its heads, on the actors."""
+    def examine(self, heads, items: list[tuple], box_threshold: float, batch_size: int) -> Iterator[list]:
+        """Flagged samples of one fold (``items``: (id, filepath, label, None)) through its first head
+        (`audit.scan.flagged`), on the actors."""
         chunks = [ItemsChunk(tuple(items[start:start + batch_size]), len(items[start:start + batch_size]))
                   for start in range(0, len(items), batch_size)]
-        source = Source(self.uri, self.database, "", "", "", "", "", True, self.recipes)
-        fold_heads = [(head.fold_head, head.classes) for head in heads]
-        yield from self._run(chunks, source, dict(fold_heads=fold_heads), evidence_options, batch_size)
+        source = Source(self.uri, self.database, "", "", "", "", "", True, self.recipes[:1])
+        options = EvidenceOptions(box_threshold=box_threshold, class_maps=True, second_opinion=False)
+        yield from self._run(chunks, source, dict(fold_heads=[(heads[0].fold_head, heads[0].classes)]), options, batch_size)
 
     def _run(self, chunks: list, source: Source, actor_kwargs: dict, evidence_options, batch_size: int) -> Iterator[list]:
         import ray

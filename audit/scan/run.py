@@ -24,15 +24,16 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 from audit import names, settings
-from audit.heads.choice import HeadChoice, choose_head
+from audit.heads.choice import FIT, HeadChoice, choose_head
 from audit.models.registry import AuditModel, check_ensemble
-from audit.scan import second_phase
+from audit.scan import flagged, second_phase
 from audit.scan.evidence import model_field_names
 from audit.scan.kernel import BulkWriter, model_runtime, remove_temporary_maps
 from audit.scan.local import LocalEngine
 from audit.scan.options import ScanOptions, ScanSummary, scan_key
 from audit.scan.pending import PendingSamples, count_shard
 from audit.scan.ray_engine import RayEngine
+from audit.score.triage import rescore
 from audit.store import db
 from audit.store.lock import LockError, ScanLock
 
@@ -47,7 +48,8 @@ def scan(dataset, models: AuditModel | list[AuditModel], *, options: ScanOptions
     Two phases: the first streams the images (forward pass, embeddings, Eigen-CAM, boxes; with the
     model's head also the class maps and second opinions); the second (`audit.second_phase`) runs
     once the first is through, over every scanned sample of the dataset: the neighbours' vote and,
-    with a fitted head (`audit.head_choice`), the fit and what depends on it.
+    with a fitted head (`audit.head_choice`), the fit and what depends on it, then the scoring
+    (``scoring``) and a closer look at the flagged samples (`audit.scan.flagged`).
 
     ``progress`` is a rich Progress or None. Raises `audit.lock.LockError` when another scan of
     the same dataset (and shard) runs. Ctrl-C (or SIGTERM) stops after writing what is done:
@@ -122,16 +124,31 @@ def scan(dataset, models: AuditModel | list[AuditModel], *, options: ScanOptions
 def _second_phase(root, models: list[AuditModel], key: str, choice: HeadChoice, options: ScanOptions,
                   engine, progress, summary: ScanSummary) -> ScanSummary:
     """Run `audit.second_phase` over the dataset, one at a time (the shards of a split wait for
-    each other: the last one through judges every sample); Ctrl-C keeps what it wrote."""
+    each other: the last one through judges every sample); with a fitted head, score the samples,
+    take a closer look at the flagged ones (`audit.scan.flagged`) and score those again.
+    Ctrl-C keeps what it wrote."""
     started = time.perf_counter()
     try:
         with ScanLock(root.name, kind="head", wait=True, doing="judged"):
-            done = second_phase.run(root, models, key, choice, options.evidence(), options.batch_size, engine, progress)
-        summary.judged, summary.classified_again = done.judged, done.forwarded
+            done = second_phase.run(root, models, key, choice, progress)
+            summary.judged = done.judged
+            if choice.kind == FIT and options.class_maps:
+                scoring = rescore(root)
+                examined = flagged.examine(root, models, key, done.fitted, engine, box_threshold=options.box_threshold,
+                                           batch_size=options.batch_size, progress=progress)
+                if examined:
+                    again = rescore(root, sample_ids=examined)
+                    scoring = replace(scoring, counts=_category_counts(root), label_errors=again.label_errors)
+                summary.scoring, summary.examined = scoring, len(examined)
     except KeyboardInterrupt:
         summary.interrupted = True
     summary.second_phase_seconds = time.perf_counter() - started
     return summary
+
+
+def _category_counts(root) -> dict[str, int]:
+    """Samples per category, of the scored samples."""
+    return {category: count for category, count in root.count_values(names.CATEGORY).items() if category is not None}
 
 
 @contextmanager

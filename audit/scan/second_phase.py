@@ -1,12 +1,13 @@
 """The scan's second phase, once every sample has its embedding: the neighbours' vote for all, and
-with a fitted head the fit, each sample's out-of-fold probabilities, and for the samples in doubt
-the class maps and second opinions through their own fold's head (one more forward pass each).
+with a fitted head the fit and each sample's out-of-fold probabilities, from the stored embeddings
+alone: no image is read again. (The class maps through the fitted heads are drawn after the
+scoring, for the flagged samples only: `audit.scan.class_maps`.)
 
 Resumable like the first phase: the phase's key (the scan key, the head, and every sample's
 label) is written to ``audit_head_done`` last, with the sample's fields; a killed run refits the
 same heads (folds from the ids, seeded; the fit is deterministic) and redoes only the samples
 without the key. Relabelled or newly added samples change the key: the heads are refitted from the
-stored embeddings, without running the network except for the samples in doubt.
+stored embeddings, without running the network.
 """
 
 from __future__ import annotations
@@ -25,24 +26,24 @@ from audit.heads import neighbours
 from audit.heads.choice import FIT, GIVEN, MODEL, HeadChoice
 from audit.heads.fitted import FOLDS, SEED, FittedHeads, fit_heads
 from audit.models.registry import AuditModel
-from audit.scan.evidence import distribution_signals, embeddings_field, needs_second_opinion, whole_image_signals
-from audit.scan.kernel import BulkWriter, WithFoldHead
+from audit.scan.evidence import distribution_signals, embeddings_field, whole_image_signals
+from audit.scan.kernel import BulkWriter
 from audit.signals import NeighbourVote, Signals
 from audit.store import db
 
-PHASE_VERSION = 1  # bump when the fields this phase writes change meaning
+PHASE_VERSION = 2  # bump when the fields this phase writes change meaning
 CHUNK = 1000  # samples whose signals are read and written at a time
 EMBEDDINGS_PAGE = 5000  # embeddings read from the database at a time
 PLOT_TSNE_FROM, PLOT_TSNE_UP_TO = 100, 20_000
-# A sample no longer in doubt keeps no class maps of an earlier fit (they are drawn for those in doubt).
+# A sample judged again keeps no class maps of an earlier fit (they are drawn again where it is flagged).
 NO_CLASS_MAPS = {names.GRADCAM_PRED: None, names.GRADCAM_GIVEN: None}
 
 
 @dataclass
 class SecondPhaseSummary:
     judged: int  # samples written in this run
-    forwarded: int  # of which classified again through their fold's head (the samples in doubt)
     head: str
+    fitted: FittedHeads | None = None  # the first model's fold heads, where this run fitted them
 
 
 def phase_key(scan_key: str, choice: HeadChoice, ids: list[str], labels: list[str | None],
@@ -54,20 +55,18 @@ def phase_key(scan_key: str, choice: HeadChoice, ids: list[str], labels: list[st
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evidence_options, batch_size: int,
-        engine, progress=None) -> SecondPhaseSummary:
-    """The second phase over the samples of ``root`` scanned under ``scan_key`` (see the module);
-    ``engine`` (`audit.scan.local.LocalEngine`, `audit.scan.ray_engine.RayEngine`) classifies the samples in doubt again."""
-    scanned = root.match(db.F(names.DONE) == scan_key).exists(names.EMBEDDINGS).sort_by("_id", create_index=False)
+def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, progress=None) -> SecondPhaseSummary:
+    """The second phase over the samples of ``root`` scanned under ``scan_key`` (see the module)."""
+    scanned = scanned_samples(root, scan_key)
     label_path = f"{db.label_field(root)}.label"
     ids, filepaths, labels, marks = scanned.values(["id", "filepath", label_path, names.HEAD_DONE])
     if not ids:
-        return SecondPhaseSummary(0, 0, choice.kind)
+        return SecondPhaseSummary(0, choice.kind)
     given_record = db.audit_info(root).get("predictions") if choice.kind == GIVEN else None
     key = phase_key(scan_key, choice, ids, labels, given_record and given_record["sha256"])
     todo = [row for row, mark in enumerate(marks) if mark != key]
     if not todo:
-        return SecondPhaseSummary(0, 0, choice.kind)
+        return SecondPhaseSummary(0, choice.kind)
     embeddings = [stored_embeddings(scanned, embeddings_field(models, index), len(ids)) for index in range(len(models))]
     around = neighbours.graph(embeddings[0], labels)
     votes = neighbours.votes(embeddings[0], labels, filepaths, around=around)
@@ -78,7 +77,6 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
     del embeddings  # FiftyOne Brain's similarity index reads its own copy at the end
     task = progress.add_task("judging", total=len(todo)) if progress else None
     writer = BulkWriter(root, key, marker=names.HEAD_DONE)
-    doubt: dict[int, tuple] = {}  # row -> (its signals, its prediction) from the stored embedding, for those classified again
     for start in range(0, len(todo), CHUNK):
         rows = todo[start:start + CHUNK]
         stored = dict(zip(*root.select([ids[r] for r in rows]).values(["id", names.SIGNALS])))
@@ -89,44 +87,30 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, evide
             if given is not None:
                 signals, prediction = _given_signals(signals, given, row, labels[row], keep_views=choice.model_knows_labels)
                 writer.add(ids[row], {names.SIGNALS: signals.stored(), names.PREDICTIONS: prediction})
-                continue
-            if fitted is None:
+            elif fitted is not None:
+                signals, prediction = _fitted_signals(signals, fitted, row, labels[row])
+                writer.add(ids[row], {names.SIGNALS: signals.stored(), names.PREDICTIONS: prediction, **NO_CLASS_MAPS})
+            else:
                 writer.add(ids[row], {names.SIGNALS: signals.stored()})
-                continue
-            signals, prediction, in_doubt = _fitted_signals(signals, fitted, row, labels[row])
-            if in_doubt and evidence_options.second_opinion:
-                doubt[row] = signals, prediction
-                continue
-            writer.add(ids[row], {names.SIGNALS: signals.stored(), names.PREDICTIONS: prediction, **NO_CLASS_MAPS})
-        if progress:
-            progress.advance(task, sum(row not in doubt for row in rows))
         writer.flush()
-    position = {ids[row]: row for row in doubt}
-    out_dir = db.maps_dir(root)
-    for fold in range(FOLDS):
-        rows = [row for row in doubt if fitted[0].folds[row] == fold]
-        if not rows:
-            continue
-        heads = [WithFoldHead(model, f.heads[fold], f.classes) for model, f in zip(models, fitted)]
-        for batch in engine.classify_again(heads, _doubt_items(root, rows, ids, filepaths, labels), evidence_options,
-                                           batch_size, out_dir):
-            for sample_id, fields, written in batch:
-                signals, prediction = doubt[position[sample_id]]
-                if fields is None:  # unreadable since the first phase: judged on its embedding
-                    writer.add(sample_id, {names.SIGNALS: signals.stored(), names.PREDICTIONS: prediction})
-                    continue
-                # the whole image as judged from the stored embedding, the views from this pass
-                fields[names.SIGNALS] = {**fields[names.SIGNALS], **signals.stored()}
-                fields[names.PREDICTIONS] = prediction
-                writer.add(sample_id, fields, written)
-            if progress:
-                progress.advance(task, len(batch))
-            writer.flush_if_due()
-    writer.flush()
+        if progress:
+            progress.advance(task, len(rows))
     index_embeddings(scanned, plane)
     if given is not None:
         db.save_audit_info(root, head={**choice.info(), "given_share": given.share})
-    return SecondPhaseSummary(writer.written, len(doubt), choice.kind)
+    return SecondPhaseSummary(writer.written, choice.kind, fitted[0] if fitted else None)
+
+
+def scanned_samples(root, scan_key: str):
+    """The samples of ``root`` the first phase scanned under ``scan_key`` (with an embedding), in ``_id`` order."""
+    return root.match(db.F(names.DONE) == scan_key).exists(names.EMBEDDINGS).sort_by("_id", create_index=False)
+
+
+def fitted_heads(root, scan_key: str, progress=None) -> FittedHeads:
+    """The first model's fold heads fitted again from the stored embeddings, as `run` fits them."""
+    scanned = scanned_samples(root, scan_key)
+    ids, labels = scanned.values(["id", f"{db.label_field(root)}.label"])
+    return fit_heads(ids, stored_embeddings(scanned, names.EMBEDDINGS, len(ids)), labels, progress=progress)
 
 
 @dataclass
@@ -255,20 +239,13 @@ def index_embeddings(view, plane: np.ndarray | None = None) -> None:
         quiet.level = level
 
 
-def _doubt_items(root, rows: list[int], ids, filepaths, labels) -> list[tuple]:
-    """(id, filepath, label, ground-truth boxes or None) of the samples at ``rows``, for an engine."""
-    boxes = {}
-    if root.has_sample_field(names.GT_BOXES):
-        boxes = dict(zip(*root.select([ids[r] for r in rows]).values(["id", f"{names.GT_BOXES}.detections.bounding_box"])))
-    return [(ids[r], filepaths[r], labels[r], boxes.get(ids[r]) or None) for r in rows]
-
-
 def _fitted_signals(stored: Signals, fitted: list[FittedHeads], row: int,
-                    label: str | None) -> tuple[Signals, object, bool]:
+                    label: str | None) -> tuple[Signals, object]:
     """The sample's signals with the whole-image figures of the fitted heads (the mean over the
     models' out-of-fold probabilities), the model's own top classes kept as ``model_top`` and the
-    first phase's Eigen-CAM figures; its prediction; and whether it is in doubt
-    (`audit.scan.evidence.needs_second_opinion`)."""
+    first phase's Eigen-CAM figures; and its prediction. No second opinions: with a fitted head,
+    views of the image (mirror, crops) rank the label errors no better than the whole image
+    (docs/how-it-works.md#second-opinions), so no image is read again."""
     classes = fitted[0].classes
     probabilities = torch.from_numpy(np.mean([f.probabilities[row] for f in fitted], axis=0))
     given_index = classes.index(label) if label in classes else None
@@ -280,7 +257,7 @@ def _fitted_signals(stored: Signals, fitted: list[FittedHeads], row: int,
                       classes=len(classes), class_seen=int(fitted[0].class_seen[row]),
                       class_examples=_examples(fitted[0], label))
     prediction = db.fo.Classification(label=whole.top_label, confidence=whole.top_prob)
-    return signals, prediction, needs_second_opinion(probabilities, given_index)
+    return signals, prediction
 
 
 def _examples(fitted: FittedHeads, label: str | None) -> int:

@@ -1,0 +1,70 @@
+"""A closer look at the flagged samples, with a fitted head: class maps and the mirror image.
+
+With a fitted head the second phase judges every sample from its stored embedding alone. After the
+scoring, each flagged sample (those a reviewer opens) is decoded once more and passed through the
+network twice, as it is and mirrored, to the head of its own fold:
+
+- its class maps (Grad-CAM of the predicted and of the given class; for the linear fold head that is
+  its CAM: its weights applied at each position of the target layer), which need the activations;
+- the mirror image's distribution (the ``flip`` view), which the scoring averages with the whole
+  image's (`audit.score.policy.NEUTRAL_VIEWS`); those samples are then scored again.
+
+Classifying the views of every sample in doubt instead (a third of cifar10-dev, up to five images
+each) cost 1.4 to 3.4 times the first phase; the mirror of the flagged samples keeps the ranking
+within 0.01 AP of it (docs/how-it-works.md#with-a-fitted-head).
+
+What is drawn stays until the second phase judges the sample again (a relabel, a refit), which
+clears it; a sample flagged later (``audit rank --rescore``) gets it on the next scan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from audit import names
+from audit.heads.fitted import FOLDS, FittedHeads, fold_of
+from audit.models.registry import AuditModel
+from audit.scan import second_phase
+from audit.scan.kernel import SIGNALS_UPDATE, BulkWriter, WithFoldHead
+from audit.signals import Signals
+from audit.store import db
+
+FLAGGED = tuple(category for category in names.REVIEW_ORDER if category != names.ERROR_CATEGORY)
+
+
+def examine(root, models: list[AuditModel], scan_key: str, fitted: FittedHeads | None, engine, *,
+            box_threshold: float, batch_size: int, progress=None) -> list[str]:
+    """Draw the class maps and classify the mirror image of the flagged samples of ``root`` (scanned
+    under ``scan_key``) that lack them, through the first model's fold heads (``fitted``: the second
+    phase's, or None to fit them again from the stored embeddings); ``engine`` decodes the images
+    and runs the model. Returns the ids of the samples examined, to score again.
+    ``gradcam_pred`` is written last (the writer's order of names): a sample with it is done."""
+    todo = second_phase.scanned_samples(root, scan_key).match(db.F(names.CATEGORY).is_in(FLAGGED)).exists(
+        names.GRADCAM_PRED, False)
+    ids, filepaths, labels = todo.values(["id", "filepath", f"{db.label_field(root)}.label"])
+    if not ids:
+        return []
+    fitted = fitted or second_phase.fitted_heads(root, scan_key, progress=progress)
+    task = progress.add_task("flagged: class maps, mirror", total=len(ids)) if progress else None
+    writer = BulkWriter(root, None, marker=None)
+    folds = [fold_of(sample_id) for sample_id in ids]
+    examined = []
+    for fold in range(FOLDS):
+        items = [(ids[row], filepaths[row], labels[row], None) for row in range(len(ids)) if folds[row] == fold]
+        if not items:
+            continue
+        head = WithFoldHead(models[0], fitted.heads[fold], fitted.classes)
+        for batch in engine.examine([head], items, box_threshold, batch_size):
+            readable = [(sample_id, fields) for sample_id, fields, _ in batch if fields is not None]
+            stored = dict(zip(*root.select([sample_id for sample_id, _ in readable]).values(["id", names.SIGNALS])))
+            for sample_id, fields in readable:
+                update = fields.pop(SIGNALS_UPDATE)
+                signals = replace(Signals.read(stored[sample_id]), class_map_on_object=update["class_map_on_object"],
+                                  views=update["views"])
+                writer.add(sample_id, {**fields, names.SIGNALS: signals.stored()})
+                examined.append(sample_id)
+            if progress:
+                progress.advance(task, len(batch))
+            writer.flush_if_due()
+    writer.flush()
+    return examined
