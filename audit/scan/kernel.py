@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
+import numpy as np
 import torch
 
 from audit import names, settings
@@ -24,7 +25,6 @@ from audit.scan.evidence import (
     field_suffix,
     model_field_names,
     sample_fields,
-    view_probabilities,
 )
 from audit.scan.options import ScanOptions
 from audit.signals import Signals
@@ -130,29 +130,29 @@ class WithFoldHead:
 
 def fold_fields(heads: list[WithFoldHead], batch: dict, labels: list[str | None],
                 box_threshold: float) -> list[tuple[str, dict | None, list]]:
-    """Per sample of a decoded batch through one fold's ``heads``: its id and, from the first head,
-    its class maps (``gradcam_pred``, ``gradcam_given``: small, inline), their shares inside the
-    Eigen-CAM box (``class_map_on_object``) and the mirror image's distribution (``views``: its
-    ``flip``), the last two for the stored signals; None where unreadable. No files are written:
-    the first phase's Eigen-CAM maps stay as they are."""
+    """Per sample of a decoded batch, its mirror image through one fold's first head (one forward
+    pass): its id and its class maps (``gradcam_pred``, ``gradcam_given``: small, inline, mirrored
+    back into the image's frame; the model's input is a centre crop, so the mirror's crop is the
+    crop's mirror), their shares inside the mirror's Eigen-CAM box (``class_map_on_object``) and the
+    mirror's distribution (``views``: its ``flip``), the last two for the stored signals; None where
+    unreadable. No files are written: the first phase's Eigen-CAM maps stay as they are."""
     head = heads[0]
     classes = list(head.classes)
     given = [classes.index(label) if label in classes else None for label in labels]
     options = EvidenceOptions(box_threshold=box_threshold, class_maps=True, second_opinion=False)
-    images = batch["images"][0]
-    results = explain_batch(head, images, batch, options, given)
-    readable = [row for row, result in enumerate(results) if result is not None]
-    mirrored = view_probabilities(head, images, readable, {}, {})
+    mirrored = torch.flip(batch["images"][0], dims=[3])
+    if fast_memory_format(head.device):
+        mirrored = mirrored.contiguous(memory_format=torch.channels_last)
     rows = []
-    for row, (sample_id, result) in enumerate(zip(batch["index"], results)):
+    for sample_id, result, given_index in zip(batch["index"], explain_batch(head, mirrored, batch, options, given), given):
         if result is None:
             rows.append((sample_id, None, []))
             continue
         fields = {map_field: None if result.class_maps.get(name) is None else
-                  db.fo.Heatmap(map=result.class_maps[name], range=[0, 255])
+                  db.fo.Heatmap(map=np.ascontiguousarray(np.fliplr(result.class_maps[name])), range=[0, 255])
                   for name, map_field in (("given", names.GRADCAM_GIVEN), ("pred", names.GRADCAM_PRED))}
         signals = {"class_map_on_object": result.on_object or None,
-                   "views": {"flip": distribution_signals(mirrored[row]["flip"], given[row], classes)}}
+                   "views": {"flip": distribution_signals(result.probabilities, given_index, classes)}}
         rows.append((sample_id, {**fields, SIGNALS_UPDATE: signals}, []))
     return rows
 
