@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--real-from", help="the FiftyOne database URI to read the real embeddings from (read only)")
     parser.add_argument("--datasets", default=",".join(DATASETS), help="its datasets (default: %(default)s)")
     parser.add_argument("--recall", action="store_true", help="measure the approximate neighbours' recall@10")
+    parser.add_argument("--recall-at", type=int, help="... on 1,000 rows sampled among this many made ones")
     parser.add_argument("--step", choices=["build", "phase", "rescore"], help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -76,12 +77,17 @@ def main() -> None:
     if args.recall:
         recall()
         return
+    if args.recall_at:
+        recall_at(args.recall_at)
+        return
     from throwaway_db import benchmark_database  # imports no fiftyone
 
     benchmark_database("audit-scale-")
     if args.step:
         figures = {"build": build, "phase": second_phase, "rescore": rescore}[args.step](args.n, args)
-        figures["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        figures["peak_mb"] = usage.ru_maxrss / 1024
+        figures["cpu_seconds_process"] = usage.ru_utime + usage.ru_stime
         print("RESULT " + json.dumps(figures), flush=True)
         return
     rows = []
@@ -96,11 +102,13 @@ def main() -> None:
             row.update({f"{step}_{key}": value for key, value in result.items()})
         rows.append(row)
     print()
-    print("| samples | build (s) | second phase (s) | its peak RSS (MB) | rescore (s) | its peak RSS (MB) |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print("| samples | build (s) | second phase (s) | its CPU (s) | its peak RSS (MB) | rescore (s) | its CPU (s) "
+          "| its peak RSS (MB) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in rows:
-        print(f"| {row['n']:,} | {row['build_seconds']:,.0f} | {row['phase_seconds']:,.0f} | {row['phase_peak_mb']:,.0f} "
-              f"| {row['rescore_seconds']:,.0f} | {row['rescore_peak_mb']:,.0f} |")
+        print(f"| {row['n']:,} | {row['build_seconds']:,.0f} | {row['phase_seconds']:,.0f} | {row['phase_cpu_seconds']:,.0f} "
+              f"| {row['phase_peak_mb']:,.0f} | {row['rescore_seconds']:,.0f} | {row['rescore_cpu_seconds']:,.0f} "
+              f"| {row['rescore_peak_mb']:,.0f} |")
 
 
 def export_real(uri: str, datasets: list[str]) -> None:
@@ -212,7 +220,7 @@ def build(n: int, args) -> dict:
     seconds = time.perf_counter() - start_time
     print(f"built scale-{n}: {added:,} samples ingested in {ingested:.0f} s, embeddings and signals written, "
           f"{seconds:.0f} s in all", flush=True)
-    return {"seconds": seconds, "ingest_seconds": ingested}
+    return {"seconds": seconds, "ingest_seconds": ingested, "cpu_seconds": _cpu()}
 
 
 def second_phase(n: int, args) -> dict:
@@ -230,14 +238,47 @@ def second_phase(n: int, args) -> dict:
     dataset = fo.load_dataset(f"scale-{n}")
     dataset._sample_collection.update_many({}, {"$unset": {names.HEAD_DONE: ""}})
     models = audit.load_models(audit.model_names())
-    start = time.perf_counter()
+    steps = _timed_steps(phase)
+    start, cpu = time.perf_counter(), _cpu()
     summary = phase.run(dataset, models, SCAN_KEY, HeadChoice(FIT, "scale benchmark"),
                         EvidenceOptions(second_opinion=False), batch_size=32, engine=None)
     seconds = time.perf_counter() - start
     info = db.audit_info(dataset)
     print(f"second phase over scale-{n}: {summary.judged:,} judged in {seconds:.0f} s; "
           f"index: {info.get('embeddings_index', {}).get('note', 'built')}", flush=True)
-    return {"seconds": seconds, "judged": summary.judged}
+    return {"seconds": seconds, "cpu_seconds": _cpu() - cpu, "judged": summary.judged, "steps": steps}
+
+
+def _timed_steps(phase) -> dict:
+    """Wrap the second phase's steps (reading the embeddings, the neighbours, the fit, the plane, the
+    App's index) to time them; the dict filled with their seconds as they run."""
+    steps: dict[str, float] = {}
+
+    def timed(name, function):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                steps[name] = steps.get(name, 0.0) + time.perf_counter() - start
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                print(f"  {name}: {steps[name]:.0f} s (peak so far {usage.ru_maxrss / 1024:,.0f} MB)", flush=True)
+        return wrapper
+
+    for name in ("stored_embeddings", "fit_heads", "principal_plane", "index_embeddings"):
+        setattr(phase, name, timed(name, getattr(phase, name)))
+    phase.neighbours = _Wrapped(phase.neighbours, {"graph": timed("neighbours", phase.neighbours.graph)})
+    return steps
+
+
+class _Wrapped:
+    """A module with some functions replaced."""
+
+    def __init__(self, module, replaced: dict):
+        self._module, self._replaced = module, replaced
+
+    def __getattr__(self, name):
+        return self._replaced.get(name) or getattr(self._module, name)
 
 
 def rescore(n: int, args) -> dict:
@@ -249,11 +290,17 @@ def rescore(n: int, args) -> dict:
 
     db.ensure_database()
     dataset = fo.load_dataset(f"scale-{n}")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu()
     summary = score(dataset)
     seconds = time.perf_counter() - start
     print(f"rescore of scale-{n}: {sum(summary.counts.values()):,} samples in {seconds:.0f} s", flush=True)
-    return {"seconds": seconds}
+    return {"seconds": seconds, "cpu_seconds": _cpu() - cpu}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process so far (its threads together; mongod's not counted)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def recall() -> None:
@@ -262,27 +309,53 @@ def recall() -> None:
 
     real, labels, _, _ = real_embeddings()
     made, _ = synthetic(real, labels, 50_000, seed=1)
+    chosen = (neighbours.INDEX, neighbours.REDUCED_DIMENSIONS, neighbours.CANDIDATES)
     for name, data in ((f"{len(real):,} real embeddings", real), ("50,000 made from them", made)):
         start = time.perf_counter()
         exact_rows, exact_similarity = neighbours.nearest(data, neighbours.K, exact=True)
-        exact_seconds = time.perf_counter() - start
-        for dimensions, probes, candidates in ((neighbours.REDUCED_DIMENSIONS, neighbours.PROBES, neighbours.CANDIDATES),
-                                               (None, neighbours.PROBES, 1), (neighbours.REDUCED_DIMENSIONS, neighbours.PROBES, 1),
-                                               (64, neighbours.PROBES, neighbours.CANDIDATES),
-                                               (neighbours.REDUCED_DIMENSIONS, neighbours.PROBES // 2, neighbours.CANDIDATES)):
+        print(f"{name}: exact search {time.perf_counter() - start:.1f} s", flush=True)
+        for index, dimensions, candidates in (chosen, ("hnsw", 128, neighbours.CANDIDATES), ("hnsw", None, 1),
+                                              ("hnsw", neighbours.REDUCED_DIMENSIONS, 1), ("ivf", neighbours.REDUCED_DIMENSIONS,
+                                                                                         neighbours.CANDIDATES)):
+            neighbours.INDEX = index
             start = time.perf_counter()
-            rows, similarity = neighbours.approximate_nearest(data, neighbours.K, dimensions=dimensions, probes=probes,
-                                                              candidates=candidates)
+            rows, similarity = neighbours.approximate_nearest(data, neighbours.K, dimensions=dimensions, candidates=candidates)
             seconds = time.perf_counter() - start
+            neighbours.INDEX = chosen[0]
             found = np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(rows, exact_rows)])
+            off = np.abs(similarity.mean(1) - exact_similarity.mean(1)).mean()
             twins = (similarity[:, 0] >= neighbours.DUPLICATE_SIMILARITY).sum()
             exact_twins = (exact_similarity[:, 0] >= neighbours.DUPLICATE_SIMILARITY).sum()
-            print(f"{name}: dimensions {dimensions or data.shape[1]}, {probes} probes, {candidates} x k candidates: "
-                  f"recall@10 {found:.4f}; mean similarity off by {np.abs(similarity.mean(1) - exact_similarity.mean(1)).mean():.4f}; "
-                  f"nearest at or above the duplicate cosine {twins} (exact {exact_twins}); {seconds:.1f} s (exact {exact_seconds:.1f} s)",
-                  flush=True)
+            print(f"{name}: {index}, {dimensions or data.shape[1]} dimensions, {candidates} x k candidates: recall@10 "
+                  f"{found:.4f}; mean similarity off by {off:.4f}; nearest at or above the duplicate cosine {twins} "
+                  f"(exact {exact_twins}); {seconds:.1f} s", flush=True)
+
+
+def recall_at(n: int, queries: int = 1000) -> None:
+    """recall@10 of the approximate neighbours of ``queries`` sampled rows among N made ones (float16,
+    as the second phase holds them from HALF_PRECISION_FROM on), against their exact neighbours."""
+    from audit.heads import neighbours
+
+    real, labels, _, _ = real_embeddings(SCALE_SOURCES)
+    data = np.empty((n, real.shape[1]), dtype=np.float16)
+    for start in range(0, n, PAGE):
+        data[start:start + PAGE] = synthetic(real, labels, n, start=start, stop=min(start + PAGE, n))[0]
+    start = time.perf_counter()
+    rows, _ = neighbours.approximate_nearest(data, neighbours.K)
+    seconds = time.perf_counter() - start
+    sampled = np.random.default_rng(SEED).choice(n, queries, replace=False)
+    norms = np.concatenate([np.linalg.norm(data[s:s + PAGE].astype(np.float32), axis=1) for s in range(0, n, PAGE)])
+    targets = data[sampled].astype(np.float32) / norms[sampled, None]
+    cosine = np.empty((queries, n), dtype=np.float32)
+    for s in range(0, n, PAGE):
+        cosine[:, s:s + PAGE] = targets @ (data[s:s + PAGE].astype(np.float32) / norms[s:s + PAGE, None]).T
+    cosine[np.arange(queries), sampled] = -np.inf
+    exact = np.argpartition(-cosine, neighbours.K, axis=1)[:, :neighbours.K]
+    found = np.mean([len(set(rows[q]) & set(e)) / neighbours.K for q, e in zip(sampled, exact)])
+    print(f"{n:,} made embeddings: recall@10 {found:.4f} on {queries:,} sampled rows; approximate search {seconds:.0f} s")
 
 
 if __name__ == "__main__":
     os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
     main()

@@ -95,6 +95,6 @@ def test_embeddings_are_read_in_pages_by_id_and_the_similarity_index_is_skipped_
     assert dataset.has_brain_run(names.SIMILARITY_KEY) and db.audit_info(dataset)["similarity_index"] == "built"
     monkeypatch.setattr(second_phase, "SIMILARITY_INDEX_UP_TO", 20)
     line = second_phase.index_embeddings(view, second_phase.principal_plane(full))
-    assert line.startswith("similarity index not built: 23 samples") and "compute_similarity" in line
+    assert line.startswith("similarity index not built: 23 samples") and "docs/scale.md" in line
     assert db.audit_info(dataset)["similarity_index"] == line
     assert not dataset.has_brain_run(names.SIMILARITY_KEY) and dataset.has_brain_run(names.VISUALIZATION_KEY)

@@ -8,11 +8,12 @@ photo), and a near-duplicate carrying another label (cosine at or above DUPLICAT
 
 Below APPROXIMATE_FROM samples the search is exact, in chunks of rows, so memory is that of the
 embeddings and a chunk. From APPROXIMATE_FROM on (exact search is N² products: 150 s at 50,000
-samples, 17 hours at a million) the candidates come from an approximate index (FAISS, an inverted
-file over the embeddings' first REDUCED_DIMENSIONS principal directions) and are re-ranked by
-their exact cosine on the full embeddings, so the similarities and the near-duplicates mean the
-same as with the exact search; only a neighbour the index misses can differ (recall@10 against
-the exact search: docs/benchmarks.md#neighbours-at-scale).
+samples, 17 hours at a million on two cores) the candidates come from an approximate index (FAISS:
+a graph, HNSW, over the unit embeddings' first REDUCED_DIMENSIONS principal directions) and are
+re-ranked by their exact cosine on the full embeddings, so the similarities and the
+near-duplicates mean the same as with the exact search; only a neighbour the index misses can
+differ (recall@10 against the exact search: docs/benchmarks.md#neighbours-at-scale). The graph is
+built by several threads, so two runs can differ in a rare neighbour.
 """
 
 from __future__ import annotations
@@ -32,14 +33,20 @@ DUPLICATE_SIMILARITY = 0.92
 CHUNK_ROWS = 256
 # The approximate search, from this many samples on (see the module's docstring).
 APPROXIMATE_FROM = 50_000
-REDUCED_DIMENSIONS = 128  # the index's vectors: the unit embeddings on their first principal directions
-CANDIDATES = 3  # times k candidates from the index, re-ranked by their exact cosine
-LISTS_PER_ROOT = 4  # the inverted file's lists: 4 sqrt(N) (4,000 at a million samples)
-PROBES = 32  # lists searched per query
+REDUCED_DIMENSIONS = 256  # the index's vectors: the unit embeddings on their first principal directions
+CANDIDATES = 5  # times k candidates from the index, re-ranked by their exact cosine
+LISTS_PER_ROOT = 2  # the inverted file's lists: 2 sqrt(N) (2,000 at a million samples)
+PROBES = 128  # lists searched per query
 TRAINING_PER_LIST = 40  # samples per list to place the lists (k-means) and the principal directions
 PAGE_ROWS = 20_000  # rows converted to float32 at a time
 RERANK_ROWS = 1000  # rows whose candidates are gathered at full size at a time
 SEED = 0
+# The index: "hnsw" (a graph: its search time grows as log N) or "ivf" (an inverted file: with
+# PROBES of 2 sqrt(N) lists searched, its time grows as N^1.5). On 50,000 made embeddings, 256
+# dimensions and 5 x k candidates: HNSW recall@10 0.964 in 46 s, IVF (128 probes) 0.971 in 145 s;
+# IVF's search alone took 193 s of CPU at 100,000 samples, so about 100 minutes at a million.
+INDEX = "hnsw"
+GRAPH_LINKS, GRAPH_BUILD_BREADTH, GRAPH_SEARCH_BREADTH = 32, 64, 128  # HNSW's M, efConstruction, efSearch
 
 
 def nearest(embeddings: np.ndarray, k: int = K, *, exact: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -72,12 +79,12 @@ def nearest(embeddings: np.ndarray, k: int = K, *, exact: bool | None = None) ->
 
 def approximate_nearest(embeddings: np.ndarray, k: int = K, *, dimensions: int | None = REDUCED_DIMENSIONS,
                         probes: int = PROBES, candidates: int = CANDIDATES) -> tuple[np.ndarray, np.ndarray]:
-    """`nearest` from a FAISS inverted file (IVF, inner product) over the unit embeddings projected
-    on their first ``dimensions`` principal directions (uncentred, so that inner products are kept;
-    None: the full embeddings), ``probes`` lists searched per row; its ``candidates`` x ``k`` nearest
-    are re-ranked by their exact cosine on the full embeddings. Memory: the index (N x dimensions
-    float32, 512 MB at a million rows and 128) besides the caller's embeddings. Deterministic
-    (seeded sample, seeded k-means)."""
+    """`nearest` from a FAISS index (INDEX: HNSW, or an inverted file searching ``probes`` lists;
+    inner product) over the unit embeddings projected on their first ``dimensions`` principal
+    directions (uncentred, so that inner products are kept; None: the full embeddings), computed
+    from a seeded sample; each row's ``candidates`` x ``k`` nearest there are re-ranked by their
+    exact cosine on the full embeddings. Memory: the index (N x dimensions float32 and, for HNSW,
+    its links: 1.3 GB at a million rows and 256) besides the caller's embeddings."""
     import faiss  # a dependency of the large datasets only: imported when one comes
 
     x = embeddings
@@ -99,14 +106,21 @@ def approximate_nearest(embeddings: np.ndarray, k: int = K, *, dimensions: int |
         unit = _page(x, start, stop) / norms[start:stop, None]
         return np.ascontiguousarray(unit @ basis if basis is not None else unit, dtype=np.float32)
 
-    quantizer = faiss.IndexFlatIP(training.shape[1])
-    index = faiss.IndexIVFFlat(quantizer, training.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = SEED
-    index.train(training)
+    if INDEX == "hnsw":
+        index = faiss.IndexHNSWFlat(training.shape[1], GRAPH_LINKS, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = GRAPH_BUILD_BREADTH
+    else:
+        quantizer = faiss.IndexFlatIP(training.shape[1])
+        index = faiss.IndexIVFFlat(quantizer, training.shape[1], lists, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = SEED
+        index.train(training)
     del training
     for start in range(0, count, PAGE_ROWS):
         index.add(reduced(start, min(start + PAGE_ROWS, count)))
-    index.nprobe = min(probes, lists)
+    if INDEX == "hnsw":
+        index.hnsw.efSearch = max(GRAPH_SEARCH_BREADTH, candidates * k + 1)
+    else:
+        index.nprobe = min(probes, lists)
     wanted = min(candidates * k + 1, count)
     indices = np.zeros((count, k), dtype=np.int64)
     similarity = np.zeros((count, k), dtype=np.float32)

@@ -274,9 +274,8 @@ def index_embeddings(view, plane: np.ndarray | None = None) -> str | None:
     skipped = None
     if count > SIMILARITY_INDEX_UP_TO:
         skipped = (f"similarity index not built: {count:,} samples is more than the {SIMILARITY_INDEX_UP_TO:,} whose "
-                   "vectors FiftyOne Brain's in-memory backend can hold; for the App's sort by similarity, build one "
-                   "in a vector database: fiftyone.brain.compute_similarity(dataset, embeddings=\"embeddings\", "
-                   f"backend=\"qdrant\" (or milvus, lancedb, mongodb), brain_key=\"{names.SIMILARITY_KEY}\")")
+                   "vectors FiftyOne Brain's in-memory backend can hold; to sort by similarity in the App, build one in "
+                   "a vector database (Qdrant, Milvus, LanceDB) a page at a time: docs/scale.md#the-similarity-index")
     db.save_audit_info(root, similarity_index=skipped or "built")
     quiet = logging.getLogger("fiftyone.brain")
     level, quiet.level = quiet.level, logging.WARNING
