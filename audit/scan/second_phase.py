@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,6 +36,11 @@ PHASE_VERSION = 2  # bump when the fields this phase writes change meaning
 CHUNK = 1000  # samples whose signals are read and written at a time
 EMBEDDINGS_PAGE = 5000  # embeddings read from the database at a time
 PLOT_TSNE_FROM, PLOT_TSNE_UP_TO = 100, 20_000
+# From this many samples the embeddings are held as float16 (the fitted head and the neighbours read
+# them a page at a time as float32), and above SIMILARITY_INDEX_UP_TO FiftyOne Brain's similarity
+# index is not built (see `index_embeddings`).
+HALF_PRECISION_FROM = 250_000
+SIMILARITY_INDEX_UP_TO = 200_000
 # A sample judged again keeps no class maps of an earlier fit (they are drawn again where it is flagged).
 NO_CLASS_MAPS = {names.GRADCAM_PRED: None, names.GRADCAM_GIVEN: None}
 
@@ -67,7 +73,8 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, progr
     todo = [row for row, mark in enumerate(marks) if mark != key]
     if not todo:
         return SecondPhaseSummary(0, choice.kind)
-    embeddings = [stored_embeddings(scanned, embeddings_field(models, index), len(ids)) for index in range(len(models))]
+    embeddings = [stored_embeddings(scanned, embeddings_field(models, index), len(ids), half=len(ids) >= HALF_PRECISION_FROM)
+                  for index in range(len(models))]
     around = neighbours.graph(embeddings[0], labels)
     votes = neighbours.votes(embeddings[0], labels, filepaths, around=around)
     fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind == FIT else None
@@ -95,7 +102,9 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, progr
         writer.flush()
         if progress:
             progress.advance(task, len(rows))
-    index_embeddings(scanned, plane)
+    skipped = index_embeddings(scanned, plane)
+    if skipped:
+        progress.console.print(skipped, markup=False, highlight=False) if progress else print(skipped, file=sys.stderr)
     if given is not None:
         db.save_audit_info(root, head={**choice.info(), "given_share": given.share})
     return SecondPhaseSummary(writer.written, choice.kind, fitted[0] if fitted else None)
@@ -182,38 +191,55 @@ def _given_signals(stored: Signals, given: GivenJudgement, row: int, label: str 
     return signals, db.fo.Classification(label=whole.top_label, confidence=whole.top_prob)
 
 
-def stored_embeddings(view, field: str, count: int) -> np.ndarray:
-    """The ``field`` vectors of ``view``'s ``count`` samples, in its order, as one float32 matrix,
-    read a page at a time into it (never a second copy of them all)."""
+def stored_embeddings(view, field: str, count: int, half: bool = False) -> np.ndarray:
+    """The ``field`` vectors of ``view``'s ``count`` samples (``view`` sorted by id), in its order, as
+    one float32 matrix (float16 with ``half``: 2.6 GB at a million samples of 1,280 numbers, against
+    5.1 GB), read a page at a time into it (never a second copy of them all). Each page starts after
+    the previous page's last id, so that reading the N samples costs N, not N² / page as skipping would."""
     matrix = None
-    for start in range(0, count, EMBEDDINGS_PAGE):
-        page = np.asarray(view.skip(start).limit(EMBEDDINGS_PAGE).values(field), dtype=np.float32)
+    last = None
+    filled = 0
+    while filled < count:
+        page_view = view if last is None else view.mongo([{"$match": {"_id": {"$gt": last}}}])
+        page_ids, page = page_view.limit(EMBEDDINGS_PAGE).values(["_id", field])
+        if not page_ids:
+            break
+        page = np.asarray(page, dtype=np.float16 if half else np.float32)
         if matrix is None:
-            matrix = np.empty((count, page.shape[1]), dtype=np.float32)
-        matrix[start:start + len(page)] = page
+            matrix = np.empty((count, page.shape[1]), dtype=page.dtype)
+        matrix[filled:filled + len(page)] = page[:count - filled]
+        filled += len(page)
+        last = page_ids[-1]
     return matrix
 
 
 def principal_plane(matrix: np.ndarray) -> np.ndarray:
     """The rows of ``matrix`` projected on its first two principal components, (N, 2): exact PCA
-    from the covariance summed a page at a time, so no centred copy of the matrix is made."""
+    from the covariance summed a page at a time, so no centred copy of the matrix is made (pages of
+    a float16 matrix are multiplied in float32, the sums kept in float64)."""
+    work = np.float32 if matrix.dtype == np.float16 else np.float64
     mean = matrix.mean(axis=0, dtype=np.float64)
     covariance = np.zeros((matrix.shape[1], matrix.shape[1]))
     for start in range(0, len(matrix), EMBEDDINGS_PAGE):
-        page = matrix[start:start + EMBEDDINGS_PAGE] - mean
+        page = (matrix[start:start + EMBEDDINGS_PAGE] - mean).astype(work)
         covariance += page.T @ page
     components = np.linalg.eigh(covariance)[1][:, ::-1][:, :2]
     return np.concatenate([(matrix[start:start + EMBEDDINGS_PAGE] - mean) @ components
                            for start in range(0, len(matrix), EMBEDDINGS_PAGE)])
 
 
-def index_embeddings(view, plane: np.ndarray | None = None) -> None:
+def index_embeddings(view, plane: np.ndarray | None = None) -> str | None:
     """FiftyOne Brain runs on the stored embeddings of ``view``'s samples, for the App: a similarity
     index (sort by similarity from a flagged sample; scikit-learn backend, cosine) and a 2-D map
     (the Embeddings panel): UMAP where umap-learn is installed, else t-SNE, or PCA for fewer than
     PLOT_TSNE_FROM samples; above PLOT_TSNE_UP_TO (where t-SNE's time grows too fast) ``plane``,
     the PCA the second phase computed on its own copy of the embeddings (FiftyOne Brain's would
-    read and convert another, the phase's peak of memory at 50,000 samples)."""
+    read and convert another, the phase's peak of memory at 50,000 samples).
+
+    Above SIMILARITY_INDEX_UP_TO samples the similarity index is not built: the scikit-learn
+    backend holds every vector in memory (and stores them all with the run: 5 GB at a million
+    samples). Returns then the line that says so and how to build one in a vector database; the
+    same line is kept in ``dataset.info["audit"]["similarity_index"]``. None when it was built."""
     import importlib.util
     import logging
 
@@ -225,18 +251,26 @@ def index_embeddings(view, plane: np.ndarray | None = None) -> None:
             root.delete_brain_run(key)
     count = len(view)
     if count < 3:
-        return
+        return None
     method = ("umap" if importlib.util.find_spec("umap") else "tsne") if PLOT_TSNE_FROM <= count <= PLOT_TSNE_UP_TO else "pca"
     mapped = ({"points": plane} if plane is not None else
               {"embeddings": names.EMBEDDINGS, "method": method, "seed": SEED, "verbose": False})
+    skipped = None
+    if count > SIMILARITY_INDEX_UP_TO:
+        skipped = (f"similarity index not built: {count:,} samples is more than the {SIMILARITY_INDEX_UP_TO:,} whose "
+                   "vectors FiftyOne Brain's in-memory backend can hold; to sort by similarity in the App, build one in "
+                   "a vector database (Qdrant, Milvus, LanceDB) a page at a time: docs/scale.md#the-similarity-index")
+    db.save_audit_info(root, similarity_index=skipped or "built")
     quiet = logging.getLogger("fiftyone.brain")
     level, quiet.level = quiet.level, logging.WARNING
     try:
-        fob.compute_similarity(view, embeddings=names.EMBEDDINGS, backend="sklearn", metric="cosine",
-                               brain_key=names.SIMILARITY_KEY, progress=False)
+        if skipped is None:
+            fob.compute_similarity(view, embeddings=names.EMBEDDINGS, backend="sklearn", metric="cosine",
+                                   brain_key=names.SIMILARITY_KEY, progress=False)
         fob.compute_visualization(view, brain_key=names.VISUALIZATION_KEY, progress=False, **mapped)
     finally:
         quiet.level = level
+    return skipped
 
 
 def _fitted_signals(stored: Signals, fitted: list[FittedHeads], row: int,
