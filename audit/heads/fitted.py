@@ -16,36 +16,29 @@ function of the activations, for `audit.explain.class_maps`.
 from __future__ import annotations
 
 import hashlib
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 
 from audit.errors import AuditError
 
 FOLDS = 5
 SEED = 0
-# Up to this many samples the heads are scikit-learn's exact fit on one float32 copy of the training
-# folds; above, `_fit_paged` fits the same objective with L-BFGS in torch, reading the embeddings
-# (float16 or float32) a page at a time: scikit-learn's time grows with the samples times its up to
-# MAX_ITERATIONS steps (96 s of CPU at 10,500 samples of 20 classes, so about 15 minutes at 100,000),
-# the paged fit's with about 40 full steps a fold.
-EXACT_FIT_UP_TO = 50_000
-PAGE_ROWS = 32_768  # rows converted to float32 at a time by the paged fit and by the predictions
+PAGE_ROWS = 32_768  # rows converted to float32 at a time by the fit and by the predictions
 # The L2 penalty of the logistic regression on standardised embeddings weighs as much as this many
-# samples' loss: scikit-learn's C = PENALTY_SAMPLES / training samples, so the head is as smooth on
+# samples' loss (scikit-learn's C = PENALTY_SAMPLES / training samples), so the head is as smooth on
 # 40 photos as on 40,000. About C = 0.01 on cifar10-dev's and imagenette's folds, where it beats
 # scikit-learn's default C = 1: synthetic flips AP 0.41 -> 0.49 (cifar10-dev, 5 %) and 0.92 -> 0.97
 # (imagenette), cifar10-dev's MTurk errors 0.02 -> 0.06, imagenette's two truths unchanged.
 PENALTY_SAMPLES = 25.0
-MAX_ITERATIONS = 300
-# The paged fit (`_fit_paged`): L-BFGS steps on a subsample of the first fold's rows held in
-# memory, then full steps over the pages in every fold; it stops earlier once the objective changes
-# by less than PAGED_TOLERANCE.
+# `_fit_paged`: up to PAGED_SUBSAMPLE training rows, each fold's head is PAGED_ITERATIONS L-BFGS steps
+# from zero: scikit-learn's optimum within 1e-4 in probability (mean, cifar10-dev and imagenette) in
+# a third to a half of its time. Above, the first fold starts on a seeded subsample of that many rows
+# held in memory, then PAGED_REFINE_ITERATIONS full steps; the other folds take PAGED_WARM_ITERATIONS
+# full steps from the previous fold's head (a full step costs seconds there: 7 s of CPU at 800,000
+# rows); the fit stops earlier once the objective changes by less than PAGED_TOLERANCE.
 PAGED_SUBSAMPLE = 50_000
 PAGED_ITERATIONS, PAGED_REFINE_ITERATIONS, PAGED_WARM_ITERATIONS = 150, 20, 15
 PAGED_TOLERANCE = 1e-7
@@ -107,18 +100,15 @@ def fit_heads(sample_ids: list[str], embeddings: np.ndarray, labels: list[str | 
     index = {label: i for i, label in enumerate(classes)}
     targets = np.array([index.get(label, -1) for label in labels])
     fold = np.array([fold_of(sample_id, folds, seed) for sample_id in sample_ids])
-    paged = len(embeddings) > EXACT_FIT_UP_TO
-    x = embeddings if paged else np.asarray(embeddings, dtype=np.float32)  # paged: float16 pages stay so
+    x = embeddings  # float16 pages stay so: the fit reads them a page at a time as float32
+    warm = len(x) > PAGED_SUBSAMPLE
     probabilities = np.zeros((len(x), len(classes)), dtype=np.float32)
     class_seen = np.zeros(len(x), dtype=np.int64)
     heads = []
     task = progress.add_task("fitting the head", total=folds) if progress else None
     for k in range(folds):
         train = (fold != k) & (targets >= 0)
-        if paged:
-            head = _fit_paged(x, train, targets, len(classes), heads[-1] if heads else None)
-        else:
-            head = _fit_one(x[train], targets[train], len(classes))
+        head = _fit_paged(x, train, targets, len(classes), heads[-1] if heads and warm else None)
         heads.append(head)
         mine = fold == k
         if mine.any():
@@ -134,47 +124,17 @@ def fit_heads(sample_ids: list[str], embeddings: np.ndarray, labels: list[str | 
     return FittedHeads(classes, heads, fold, probabilities, class_seen, dict(counts))
 
 
-def _fit_one(x: np.ndarray, y: np.ndarray, n_classes: int) -> FoldHead:
-    """Logistic regression on standardised ``x`` (a copy of the caller's, standardised in place:
-    one training copy at 50,000 samples is 200 MB); classes absent from ``y`` get a logit of -inf.
-    A fold whose training part holds one class only predicts that class."""
-    mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1], np.float32)
-    scale = x.std(axis=0) if len(x) else np.ones(x.shape[1], np.float32)
-    scale = np.where(scale > 1e-6, scale, 1.0).astype(np.float32)
-    present = np.unique(y)
-    weight = np.zeros((n_classes, x.shape[1]), dtype=np.float32)
-    bias = np.full(n_classes, -np.inf, dtype=np.float32)
-    if len(present) == 0:  # nothing to learn from: every class alike
-        bias[:] = 0.0
-    elif len(present) == 1:
-        bias[present[0]] = 0.0
-    elif len(present) > 1:
-        model = LogisticRegression(C=PENALTY_SAMPLES / len(x), max_iter=MAX_ITERATIONS)
-        x -= mean
-        x /= scale
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model.fit(x, y)
-        coef, intercept = model.coef_, model.intercept_
-        if len(present) == 2:  # scikit-learn's binary form: one row for the second class
-            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
-        weight[model.classes_] = coef
-        bias[model.classes_] = intercept
-    return FoldHead(mean.astype(np.float32), scale, weight, bias)
-
-
 def _fit_paged(x: np.ndarray, train: np.ndarray, targets: np.ndarray, n_classes: int,
                start: FoldHead | None = None) -> FoldHead:
-    """`_fit_one`'s head (the same standardisation and objective: the mean cross-entropy of the
-    softmax over the classes plus |W|^2 / (2 PENALTY_SAMPLES), the bias unpenalised) without a
-    copy of the training rows: L-BFGS in torch, the standardisation folded into the weights. Each
-    full step reads ``x[train]`` a page of PAGE_ROWS rows at a time as float32 (7 s of CPU a step
-    at 800,000 rows), so the steps are few: without ``start`` (the first fold), the fit starts on a
-    seeded subsample of PAGED_SUBSAMPLE training rows held in memory (PAGED_ITERATIONS steps),
-    then PAGED_REFINE_ITERATIONS full steps; the other folds take PAGED_WARM_ITERATIONS full steps
-    from ``start`` (the previous fold's head, fitted on three quarters of their rows). Deterministic. Two differences from
-    `_fit_one`: two classes get a softmax of two rows (scikit-learn fits one), and the optimum is
-    approached within the steps given (tests/test_scale.py compares the two)."""
+    """The head of one fold: multinomial logistic regression on the standardised training rows
+    (``x[train]``; classes absent from them get a logit of -inf, a fold with one class only predicts
+    it), scikit-learn's objective: the mean cross-entropy of the softmax plus |W|^2 / (2
+    PENALTY_SAMPLES), the bias unpenalised (two classes: a softmax of two rows penalised as
+    scikit-learn's one). L-BFGS in torch without a copy of the training rows: each step reads them a
+    page of PAGE_ROWS at a time as float32, the standardisation folded into the weights. ``start``:
+    the head to start from (above PAGED_SUBSAMPLE rows, the previous fold's, fitted on three
+    quarters of their rows), else zero or a subsample's fit (see PAGED_SUBSAMPLE). Deterministic;
+    without ``start`` a sample's own label cannot reach its head (`tests/test_any_labels.py`)."""
     rows = np.flatnonzero(train)
     width = x.shape[1]
     total, squares = np.zeros(width), np.zeros(width)
@@ -208,14 +168,14 @@ def _fit_paged(x: np.ndarray, train: np.ndarray, targets: np.ndarray, n_classes:
         chosen = np.zeros(len(x), dtype=bool)
         chosen[np.random.default_rng(SEED).choice(rows, PAGED_SUBSAMPLE, replace=False)] = True
         held = [(page, torch.as_tensor(lookup[y])) for _, page, y in _pages(x, chosen, targets)]
-        _lbfgs(w, b, mean_t, scale_t, lambda: held, PAGED_SUBSAMPLE, PAGED_ITERATIONS)
+        _lbfgs(w, b, mean_t, scale_t, lambda: held, PAGED_SUBSAMPLE, PAGED_ITERATIONS, two_classes=len(present) == 2)
 
     def full():
         return ((page, torch.as_tensor(lookup[y])) for _, page, y in _pages(x, train, targets))
 
     steps = PAGED_WARM_ITERATIONS if start is not None else \
         PAGED_REFINE_ITERATIONS if len(rows) > PAGED_SUBSAMPLE else PAGED_ITERATIONS
-    _lbfgs(w, b, mean_t, scale_t, full, len(rows), steps)
+    _lbfgs(w, b, mean_t, scale_t, full, len(rows), steps, two_classes=len(present) == 2)
     weight[present] = w.detach().numpy()
     bias[present] = b.detach().numpy()
     return FoldHead(mean, scale, weight, bias)
@@ -231,9 +191,10 @@ def _pages(x: np.ndarray, chosen: np.ndarray, targets: np.ndarray):
 
 
 def _lbfgs(w: torch.Tensor, b: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, batches, count: int,
-           iterations: int) -> None:
+           iterations: int, *, two_classes: bool = False) -> None:
     """L-BFGS steps on (w, b) in place: mean cross-entropy over the ``count`` rows that ``batches()``
-    yields as (float32 rows, class indices), plus the penalty."""
+    yields as (float32 rows, class indices), plus the penalty (doubled for ``two_classes``: the two
+    rows' difference is scikit-learn's one, and each is half of it)."""
     optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=iterations, history_size=10, tolerance_grad=1e-6,
                                   tolerance_change=PAGED_TOLERANCE, line_search_fn="strong_wolfe")
 
@@ -246,7 +207,7 @@ def _lbfgs(w: torch.Tensor, b: torch.Tensor, mean: torch.Tensor, scale: torch.Te
             page_loss = torch.nn.functional.cross_entropy(logits, y, reduction="sum") / count
             page_loss.backward()
             loss += page_loss.detach()
-        penalty = (w * w).sum() / (2 * PENALTY_SAMPLES)
+        penalty = (w * w).sum() / (PENALTY_SAMPLES if two_classes else 2 * PENALTY_SAMPLES)
         penalty.backward()
         return loss + penalty.detach()
 
