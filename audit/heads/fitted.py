@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,9 @@ PENALTY_SAMPLES = 25.0
 # full steps from the previous fold's head (a full step costs seconds there: 7 s of CPU at 800,000
 # rows); the fit stops earlier once the objective changes by less than PAGED_TOLERANCE.
 PAGED_SUBSAMPLE = 50_000
+# Up to this many training rows a fold's steps run on one thread: its products are too small to
+# share (cifar10-dev's five folds: 3.1 s on one thread, 41 s on two while other work shares the 2 cores).
+ONE_THREAD_UP_TO = 20_000
 PAGED_ITERATIONS, PAGED_REFINE_ITERATIONS, PAGED_WARM_ITERATIONS = 150, 20, 15
 PAGED_TOLERANCE = 1e-7
 
@@ -164,21 +168,41 @@ def _fit_paged(x: np.ndarray, train: np.ndarray, targets: np.ndarray, n_classes:
     w.requires_grad_(True)
     b.requires_grad_(True)
     mean_t, scale_t = torch.as_tensor(mean), torch.as_tensor(scale)
-    if start is None and len(rows) > PAGED_SUBSAMPLE:
-        chosen = np.zeros(len(x), dtype=bool)
-        chosen[np.random.default_rng(SEED).choice(rows, PAGED_SUBSAMPLE, replace=False)] = True
-        held = [(page, torch.as_tensor(lookup[y])) for _, page, y in _pages(x, chosen, targets)]
-        _lbfgs(w, b, mean_t, scale_t, lambda: held, PAGED_SUBSAMPLE, PAGED_ITERATIONS, two_classes=len(present) == 2)
+    two_classes = len(present) == 2
 
-    def full():
-        return ((page, torch.as_tensor(lookup[y])) for _, page, y in _pages(x, train, targets))
+    def held(chosen: np.ndarray) -> list:  # the chosen rows as float32 in memory, for every step
+        return [(page, torch.as_tensor(lookup[y])) for _, page, y in _pages(x, chosen, targets)]
 
-    steps = PAGED_WARM_ITERATIONS if start is not None else \
-        PAGED_REFINE_ITERATIONS if len(rows) > PAGED_SUBSAMPLE else PAGED_ITERATIONS
-    _lbfgs(w, b, mean_t, scale_t, full, len(rows), steps, two_classes=len(present) == 2)
+    if len(rows) <= PAGED_SUBSAMPLE:
+        rows_held = held(train)
+        with _threads(1 if len(rows) <= ONE_THREAD_UP_TO else torch.get_num_threads()):
+            _lbfgs(w, b, mean_t, scale_t, lambda: rows_held, len(rows), PAGED_ITERATIONS, two_classes=two_classes)
+    else:
+        if start is None:
+            chosen = np.zeros(len(x), dtype=bool)
+            chosen[np.random.default_rng(SEED).choice(rows, PAGED_SUBSAMPLE, replace=False)] = True
+            subsample = held(chosen)
+            _lbfgs(w, b, mean_t, scale_t, lambda: subsample, PAGED_SUBSAMPLE, PAGED_ITERATIONS, two_classes=two_classes)
+
+        def pages():
+            return ((page, torch.as_tensor(lookup[y])) for _, page, y in _pages(x, train, targets))
+
+        steps = PAGED_WARM_ITERATIONS if start is not None else PAGED_REFINE_ITERATIONS
+        _lbfgs(w, b, mean_t, scale_t, pages, len(rows), steps, two_classes=two_classes)
     weight[present] = w.detach().numpy()
     bias[present] = b.detach().numpy()
     return FoldHead(mean, scale, weight, bias)
+
+
+@contextmanager
+def _threads(count: int):
+    """Torch's intra-op threads set to ``count`` for the block."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _pages(x: np.ndarray, chosen: np.ndarray, targets: np.ndarray):
