@@ -193,7 +193,7 @@ def _print_scanned(dataset, result) -> None:
     _say(f"scanned {summary.scanned}, already done {summary.skipped}, unreadable {summary.unreadable}; "
          + ", ".join(f"{c} {n}" for c, n in sorted(scoring.counts.items())))
     if summary.head is not None:
-        again = f", {summary.examined} flagged examined again" if summary.examined else ""
+        again = f", the top {summary.examined} examined again" if summary.examined else ""
         _say(f"head: {summary.head.kind} ({summary.head.why}); second phase judged {summary.judged}{again} "
              f"in {summary.second_phase_seconds:.1f} s")
     if summary.unreadable:

@@ -67,8 +67,8 @@ def test_embeddings_are_what_the_model_s_classifier_reads(scanned, embedded_mode
     assert [embedded_model.classes[i] for i in logits.argmax(1).tolist()] == model_top
 
 
-def test_flagged_samples_get_class_maps_and_the_mirror_s_view_from_their_fold_head(scanned):
-    from audit.scan.flagged import FLAGGED
+def test_the_top_ranked_get_class_maps_and_the_mirror_s_view_from_their_fold_head(scanned):
+    from audit.scan.top_ranked import TOP_AT_LEAST
 
     dataset, planted, output = scanned
     sample = dataset.match(db.F("filepath") == str(planted)).first()
@@ -78,9 +78,9 @@ def test_flagged_samples_get_class_maps_and_the_mirror_s_view_from_their_fold_he
     assert set(sample[names.SIGNALS]["views"]) == {"flip"}
     assert sample[names.SIGNALS]["views"]["flip"]["top_label"] in set(OWN_CLASSES) | {SMALL_CLASS}
     examined = set(dataset.exists(names.GRADCAM_PRED).values("id"))
-    assert set(dataset.match(db.F(names.CATEGORY).is_in(FLAGGED)).values("id")) <= examined
+    assert len(dataset) < TOP_AT_LEAST and examined == set(dataset.exists(names.SCORE).values("id"))
     assert set(dataset.exists(f"{names.SIGNALS}.views").values("id")) == examined  # no other image read again
-    assert f"{len(examined)} flagged examined again" in output
+    assert f"the top {len(examined)} examined again" in output
 
 
 def test_a_class_of_two_is_judged_and_says_so(scanned):

@@ -94,8 +94,8 @@ class LocalEngine:
             yield batch_fields(models, batch, given_labels, evidence_options, out_dir, label_set_indices, self.save_map)
 
     def examine(self, heads: list, items: list[tuple], box_threshold: float, batch_size: int) -> Iterator[list]:
-        """Flagged samples of one fold (``items``: (id, filepath, label, None)) through the fold's first
-        head (`audit.scan.flagged`): per batch, `audit.scan.kernel.fold_fields`' rows."""
+        """Top-ranked samples of one fold (``items``: (id, filepath, label, None)) through the fold's first
+        head (`audit.scan.top_ranked`): per batch, `audit.scan.kernel.fold_fields`' rows."""
         labels = {item[0]: item[2] for item in items}
         for batch in make_loader([item[:2] for item in items], heads[:1], batch_size, self.workers):
             yield fold_fields(heads, batch, [labels[sample_id] for sample_id in batch["index"]], box_threshold)

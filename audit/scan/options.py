@@ -63,8 +63,8 @@ class ScanSummary:
     write_seconds: float = 0.0  # of which spent writing to the database
     head: HeadChoice | None = None
     judged: int = 0  # samples the second phase wrote (neighbours; with a fitted head, its probabilities)
-    examined: int = 0  # with a fitted head: flagged samples given class maps and the mirror's view through it
-    second_phase_seconds: float = 0.0  # the second phase, and with a fitted head the scoring and the flagged samples
+    examined: int = 0  # with a fitted head: top-ranked samples given class maps and the mirror's view through it
+    second_phase_seconds: float = 0.0  # the second phase, and with a fitted head the scoring and the top-ranked samples
     scoring: object | None = None  # with a fitted head: the scoring (`audit.score.triage.ScoringSummary`)
 
 

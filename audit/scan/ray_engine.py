@@ -113,7 +113,7 @@ def _datasource(chunks: list, source: Source):
 class ModelActor:
     """One model replica (per GPU, or per node on CPUs): loads the models once and turns a decoded
     batch into each sample's fields, writing its map files; ``fold_heads`` (the first model's fitted
-    fold head and the dataset's classes) makes it examine flagged samples (`audit.scan.kernel.fold_fields`)."""
+    fold head and the dataset's classes) makes it examine top-ranked samples (`audit.scan.kernel.fold_fields`)."""
 
     def __init__(self, specs: list[ModelSpec], device: str, options, evidence_options, out_dir: str,
                  label_set_indices=None, fold_heads=None):
@@ -240,8 +240,8 @@ class RayEngine:
                              options.batch_size)
 
     def examine(self, heads, items: list[tuple], box_threshold: float, batch_size: int) -> Iterator[list]:
-        """Flagged samples of one fold (``items``: (id, filepath, label, None)) through its first head
-        (`audit.scan.flagged`), on the actors."""
+        """Top-ranked samples of one fold (``items``: (id, filepath, label, None)) through its first head
+        (`audit.scan.top_ranked`), on the actors."""
         chunks = [ItemsChunk(tuple(items[start:start + batch_size]), len(items[start:start + batch_size]))
                   for start in range(0, len(items), batch_size)]
         source = Source(self.uri, self.database, "", "", "", "", "", True, self.recipes[:1])

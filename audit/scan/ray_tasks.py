@@ -64,7 +64,7 @@ def _boxes(value: dict | None) -> list | None:
 
 @dataclass(frozen=True)
 class ItemsChunk:
-    """Samples given by the driver: (id, filepath, label, boxes) rows (the flagged few examined again)."""
+    """Samples given by the driver: (id, filepath, label, boxes) rows (the top-ranked few examined again)."""
 
     items: tuple
     count: int

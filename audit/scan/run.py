@@ -26,7 +26,7 @@ from dataclasses import replace
 from audit import names, settings
 from audit.heads.choice import FIT, HeadChoice, choose_head
 from audit.models.registry import AuditModel, check_ensemble
-from audit.scan import flagged, second_phase
+from audit.scan import second_phase, top_ranked
 from audit.scan.evidence import model_field_names
 from audit.scan.kernel import BulkWriter, model_runtime, remove_temporary_maps
 from audit.scan.local import LocalEngine
@@ -49,7 +49,7 @@ def scan(dataset, models: AuditModel | list[AuditModel], *, options: ScanOptions
     model's head also the class maps and second opinions); the second (`audit.second_phase`) runs
     once the first is through, over every scanned sample of the dataset: the neighbours' vote and,
     with a fitted head (`audit.head_choice`), the fit and what depends on it, then the scoring
-    (``scoring``) and a closer look at the flagged samples (`audit.scan.flagged`).
+    (``scoring``) and a closer look at the top of the ranking (`audit.scan.top_ranked`).
 
     ``progress`` is a rich Progress or None. Raises `audit.lock.LockError` when another scan of
     the same dataset (and shard) runs. Ctrl-C (or SIGTERM) stops after writing what is done:
@@ -125,7 +125,7 @@ def _second_phase(root, models: list[AuditModel], key: str, choice: HeadChoice, 
                   engine, progress, summary: ScanSummary) -> ScanSummary:
     """Run `audit.second_phase` over the dataset, one at a time (the shards of a split wait for
     each other: the last one through judges every sample); with a fitted head, score the samples,
-    take a closer look at the flagged ones (`audit.scan.flagged`) and score those again.
+    take a closer look at the highest-scored ones (`audit.scan.top_ranked`) and score those again.
     Ctrl-C keeps what it wrote."""
     started = time.perf_counter()
     try:
@@ -134,21 +134,15 @@ def _second_phase(root, models: list[AuditModel], key: str, choice: HeadChoice, 
             summary.judged = done.judged
             if choice.kind == FIT and options.class_maps:
                 scoring = rescore(root)
-                examined = flagged.examine(root, models, key, done.fitted, engine, box_threshold=options.box_threshold,
+                examined = top_ranked.examine(root, models, key, done.fitted, engine, box_threshold=options.box_threshold,
                                            batch_size=options.batch_size, progress=progress)
-                if examined:
-                    again = rescore(root, sample_ids=examined)
-                    scoring = replace(scoring, counts=_category_counts(root), label_errors=again.label_errors)
+                if examined:  # all again, not those alone: the estimate and calibration then count their mirror
+                    scoring = rescore(root)
                 summary.scoring, summary.examined = scoring, len(examined)
     except KeyboardInterrupt:
         summary.interrupted = True
     summary.second_phase_seconds = time.perf_counter() - started
     return summary
-
-
-def _category_counts(root) -> dict[str, int]:
-    """Samples per category, of the scored samples."""
-    return {category: count for category, count in root.count_values(names.CATEGORY).items() if category is not None}
 
 
 @contextmanager

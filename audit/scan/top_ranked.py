@@ -1,9 +1,9 @@
-"""A closer look at the flagged samples, with a fitted head: the mirror image, and class maps.
+"""A closer look at the top of the ranking, with a fitted head: the mirror image, and class maps.
 
 With a fitted head the second phase judges every sample from its stored embedding alone. After the
-scoring, the flagged samples (those a reviewer opens; at most EXAMINED_SHARE of the dataset, the
-highest scored first) are decoded once more and their mirror image passed through the network to
-the head of their own fold, one forward pass each, for:
+scoring, the highest-scored samples (TOP_SHARE of the dataset, at least TOP_AT_LEAST: the flagged
+ones are about that tenth, 8 % of cifar10-dev) are decoded once more and their mirror image passed
+through the network to the head of their own fold, one forward pass each, for:
 
 - the mirror's distribution (the ``flip`` view), which the scoring averages with the whole image's
   (`audit.score.policy.NEUTRAL_VIEWS`); those samples are then scored again;
@@ -11,11 +11,11 @@ the head of their own fold, one forward pass each, for:
   is its CAM: its weights applied at each position of the target layer), mirrored back.
 
 Classifying the views of every sample in doubt instead (a third of cifar10-dev, up to five images
-each) cost 1.4 to 3.4 times the first phase; the mirror of the highest-scored tenth keeps the
-ranking within 0.01 AP of it (docs/how-it-works.md#with-a-fitted-head).
+each) cost 1.4 to 3.4 times the first phase; the mirror of the top tenth keeps the ranking within
+0.01 AP of it (docs/how-it-works.md#with-a-fitted-head).
 
 What is drawn stays until the second phase judges the sample again (a relabel, a refit), which
-clears it; a sample flagged later (``audit rank --rescore``) gets it on the next scan.
+clears it; a sample that rises into the top later (``audit rank --rescore``) gets it on the next scan.
 """
 
 from __future__ import annotations
@@ -30,29 +30,26 @@ from audit.scan.kernel import SIGNALS_UPDATE, BulkWriter, WithFoldHead
 from audit.signals import Signals
 from audit.store import db
 
-FLAGGED = tuple(category for category in names.REVIEW_ORDER if category != names.ERROR_CATEGORY)
-# At most this share of the scanned samples is examined (and at least EXAMINED_AT_LEAST samples where
-# flagged): the mirror of the top tenth by score carries its whole gain (docs/how-it-works.md#with-a-fitted-head).
-EXAMINED_SHARE, EXAMINED_AT_LEAST = 0.1, 100
+# The share of the scanned samples examined, highest mislabel_score first (and at least TOP_AT_LEAST):
+# the mirror of the top tenth carries all of its gain (docs/how-it-works.md#with-a-fitted-head).
+TOP_SHARE, TOP_AT_LEAST = 0.1, 100
 
 
 def examine(root, models: list[AuditModel], scan_key: str, fitted: FittedHeads | None, engine, *,
             box_threshold: float, batch_size: int, progress=None) -> list[str]:
-    """Classify the mirror image and draw the class maps of the flagged samples of ``root`` (scanned
-    under ``scan_key``; the highest scored, see EXAMINED_SHARE) that lack them, through the first
-    model's fold heads (``fitted``: the second phase's, or None to fit them again from the stored
-    embeddings); ``engine`` decodes the images and runs the model. Returns the ids of the samples
-    examined, to score again. ``gradcam_pred`` is written last (the writer's order of names): a
-    sample with it is done."""
+    """Classify the mirror image and draw the class maps of the highest-scored samples of ``root``
+    (scanned under ``scan_key``; see TOP_SHARE) that lack them, through the first model's fold heads
+    (``fitted``: the second phase's, or None to fit them again from the stored embeddings);
+    ``engine`` decodes the images and runs the model. Returns the ids of the samples examined, to
+    score again. ``gradcam_pred`` is written last (the writer's order of names): a sample with it is done."""
     scanned = second_phase.scanned_samples(root, scan_key)
-    most = max(EXAMINED_AT_LEAST, round(EXAMINED_SHARE * len(scanned)))
-    todo = scanned.match(db.F(names.CATEGORY).is_in(FLAGGED)).sort_by(names.SCORE, reverse=True).limit(most).exists(
-        names.GRADCAM_PRED, False)
+    top = round(max(TOP_AT_LEAST, TOP_SHARE * len(scanned)))
+    todo = scanned.exists(names.SCORE).sort_by(names.SCORE, reverse=True).limit(top).exists(names.GRADCAM_PRED, False)
     ids, filepaths, labels = todo.values(["id", "filepath", f"{db.label_field(root)}.label"])
     if not ids:
         return []
     fitted = fitted or second_phase.fitted_heads(root, scan_key, progress=progress)
-    task = progress.add_task("flagged: mirror, class maps", total=len(ids)) if progress else None
+    task = progress.add_task("top ranked: mirror, class maps", total=len(ids)) if progress else None
     writer = BulkWriter(root, None, marker=None)
     folds = [fold_of(sample_id) for sample_id in ids]
     examined = []
