@@ -243,7 +243,7 @@ def second_phase(n: int, args) -> dict:
     seconds = time.perf_counter() - start
     info = db.audit_info(dataset)
     print(f"second phase over scale-{n}: {summary.judged:,} judged in {seconds:.0f} s; "
-          f"index: {info.get('embeddings_index', {}).get('note', 'built')}", flush=True)
+          f"similarity index: {info.get('similarity_index')}", flush=True)
     return {"seconds": seconds, "cpu_seconds": _cpu() - cpu, "judged": summary.judged, "steps": steps}
 
 
