@@ -103,7 +103,8 @@ def scan(
     shard: Annotated[str, typer.Option(help="I/N: scan the I-th (1..N) of N deterministic parts.")] = "1/1",
     restart: Annotated[bool, typer.Option(help="Redo samples already scanned.")] = False,
     second_opinion: Annotated[bool, typer.Option(
-        help="With the model's head: classify the mirror image and the object crops of the samples in doubt.")] = True,
+        help="Classify the mirror image and the object crops of the samples in doubt "
+             "(with a fitted head: the mirror image of the top-ranked tenth).")] = True,
     class_maps: Annotated[bool, typer.Option(help="Grad-CAM maps of the predicted and the given class.")] = True,
     all_boxes: Annotated[bool, typer.Option(
         help="A box for every large Eigen-CAM segment (several objects), not only the largest.")] = False,

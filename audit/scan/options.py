@@ -12,6 +12,7 @@ from audit.explain.boxes import DEFAULT_THRESHOLD
 from audit.heads.choice import MODEL, HeadChoice
 from audit.models.registry import AuditModel
 from audit.scan.evidence import EvidenceOptions
+from audit.score.triage import ScoringSummary
 
 SCAN_VERSION = 7  # bump when the fields a scan writes change meaning: older results are redone
 ENGINES = ("local", "ray")
@@ -36,7 +37,7 @@ class ScanOptions:
     box_threshold: float = DEFAULT_THRESHOLD
     all_boxes: bool = False  # a box for every large Eigen-CAM segment, not only the largest
     class_maps: bool = True  # class-discriminative maps for the predicted and the given class
-    second_opinion: bool = True  # with the model's head, classify views of the samples in doubt (see audit.evidence)
+    second_opinion: bool = True  # views of the samples in doubt (audit.evidence; fitted head: audit.scan.top_ranked)
     amp: bool | None = None  # mixed precision for the forward pass; None: on CUDA only
     threads: int | None = None  # torch threads of this process; None: torch's own default
     head: str = "auto"  # which head judges the labels: auto, model or fit (see `audit.head_choice`)
@@ -65,7 +66,7 @@ class ScanSummary:
     judged: int = 0  # samples the second phase wrote (neighbours; with a fitted head, its probabilities)
     examined: int = 0  # with a fitted head: top-ranked samples given class maps and the mirror's view through it
     second_phase_seconds: float = 0.0  # the second phase, and with a fitted head the scoring and the top-ranked samples
-    scoring: object | None = None  # with a fitted head: the scoring (`audit.score.triage.ScoringSummary`)
+    scoring: ScoringSummary | None = None  # with a fitted head: the scoring, done by the scan
 
 
 def scan_key(models: list[AuditModel], options: ScanOptions, head: str = MODEL) -> str:

@@ -125,14 +125,14 @@ def _second_phase(root, models: list[AuditModel], key: str, choice: HeadChoice, 
                   engine, progress, summary: ScanSummary) -> ScanSummary:
     """Run `audit.second_phase` over the dataset, one at a time (the shards of a split wait for
     each other: the last one through judges every sample); with a fitted head, score the samples,
-    take a closer look at the highest-scored ones (`audit.scan.top_ranked`) and score those again.
+    take a closer look at the highest-scored ones (`audit.scan.top_ranked`) and score them all again.
     Ctrl-C keeps what it wrote."""
     started = time.perf_counter()
     try:
         with ScanLock(root.name, kind="head", wait=True, doing="judged"):
             done = second_phase.run(root, models, key, choice, progress)
             summary.judged = done.judged
-            if choice.kind == FIT and options.class_maps:
+            if choice.kind == FIT and (options.second_opinion or options.class_maps):
                 scoring = rescore(root)
                 examined = top_ranked.examine(root, models, key, done.fitted, engine, box_threshold=options.box_threshold,
                                            batch_size=options.batch_size, progress=progress)

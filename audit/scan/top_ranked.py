@@ -31,7 +31,7 @@ from audit.signals import Signals
 from audit.store import db
 
 # The share of the scanned samples examined, highest mislabel_score first (and at least TOP_AT_LEAST):
-# the mirror of the top tenth carries all of its gain (docs/how-it-works.md#with-a-fitted-head).
+# the mirror of the top tenth carries nearly all of its gain (docs/how-it-works.md#with-a-fitted-head).
 TOP_SHARE, TOP_AT_LEAST = 0.1, 100
 
 
