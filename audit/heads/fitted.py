@@ -34,7 +34,7 @@ PAGE_ROWS = 32_768  # rows converted to float32 at a time by the fit and by the 
 # scikit-learn's default C = 1: synthetic flips AP 0.41 -> 0.49 (cifar10-dev, 5 %) and 0.92 -> 0.97
 # (imagenette), cifar10-dev's MTurk errors 0.02 -> 0.06, imagenette's two truths unchanged.
 PENALTY_SAMPLES = 25.0
-# `_fit_paged`: up to PAGED_SUBSAMPLE training rows, each fold's head is PAGED_ITERATIONS L-BFGS steps
+# `_fit_fold`: up to PAGED_SUBSAMPLE training rows, each fold's head is PAGED_ITERATIONS L-BFGS steps
 # from zero: scikit-learn's optimum within 1e-4 in probability (mean, cifar10-dev and imagenette) in
 # a third to a half of its time. Above, the first fold starts on a seeded subsample of that many rows
 # held in memory, then PAGED_REFINE_ITERATIONS full steps; the other folds take PAGED_WARM_ITERATIONS
@@ -104,7 +104,7 @@ def fit_heads(sample_ids: list[str], embeddings: np.ndarray, labels: list[str | 
     index = {label: i for i, label in enumerate(classes)}
     targets = np.array([index.get(label, -1) for label in labels])
     fold = np.array([fold_of(sample_id, folds, seed) for sample_id in sample_ids])
-    x = embeddings  # float16 pages stay so: the fit reads them a page at a time as float32
+    x = embeddings  # kept as given (float16 at scale): the fit reads it a page at a time as float32
     warm = len(x) > PAGED_SUBSAMPLE
     probabilities = np.zeros((len(x), len(classes)), dtype=np.float32)
     class_seen = np.zeros(len(x), dtype=np.int64)
@@ -112,7 +112,7 @@ def fit_heads(sample_ids: list[str], embeddings: np.ndarray, labels: list[str | 
     task = progress.add_task("fitting the head", total=folds) if progress else None
     for k in range(folds):
         train = (fold != k) & (targets >= 0)
-        head = _fit_paged(x, train, targets, len(classes), heads[-1] if heads and warm else None)
+        head = _fit_fold(x, train, targets, len(classes), heads[-1] if heads and warm else None)
         heads.append(head)
         mine = fold == k
         if mine.any():
@@ -128,7 +128,7 @@ def fit_heads(sample_ids: list[str], embeddings: np.ndarray, labels: list[str | 
     return FittedHeads(classes, heads, fold, probabilities, class_seen, dict(counts))
 
 
-def _fit_paged(x: np.ndarray, train: np.ndarray, targets: np.ndarray, n_classes: int,
+def _fit_fold(x: np.ndarray, train: np.ndarray, targets: np.ndarray, n_classes: int,
                start: FoldHead | None = None) -> FoldHead:
     """The head of one fold: multinomial logistic regression on the standardised training rows
     (``x[train]``; classes absent from them get a logit of -inf, a fold with one class only predicts

@@ -1,7 +1,7 @@
 """The scan's second phase, once every sample has its embedding: the neighbours' vote for all, and
 with a fitted head the fit and each sample's out-of-fold probabilities, from the stored embeddings
-alone: no image is read again. (The class maps through the fitted heads are drawn after the
-scoring, for the flagged samples only: `audit.scan.class_maps`.)
+alone: no image is read again. (The top-ranked samples' mirror image and class maps, through
+their fold's head, come after the scoring: `audit.scan.top_ranked`.)
 
 Resumable like the first phase: the phase's key (the scan key, the head, and every sample's
 label) is written to ``audit_head_done`` last, with the sample's fields; a killed run refits the
@@ -44,7 +44,7 @@ TSNE_ITERATIONS = 500
 # index is not built (see `index_embeddings`).
 HALF_PRECISION_FROM = 250_000
 SIMILARITY_INDEX_UP_TO = 200_000
-# A sample judged again keeps no class maps of an earlier fit (they are drawn again where it is flagged).
+# A sample judged again keeps no class maps of an earlier fit (`audit.scan.top_ranked` draws them again).
 NO_CLASS_MAPS = {names.GRADCAM_PRED: None, names.GRADCAM_GIVEN: None}
 
 
@@ -106,8 +106,10 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, progr
         if progress:
             progress.advance(task, len(rows))
     skipped = index_embeddings(scanned, plane)
-    if skipped:
-        progress.console.print(skipped, markup=False, highlight=False) if progress else print(skipped, file=sys.stderr)
+    if skipped and progress:
+        progress.console.print(skipped, markup=False, highlight=False)
+    elif skipped:
+        print(skipped, file=sys.stderr)
     if given is not None:
         db.save_audit_info(root, head={**choice.info(), "given_share": given.share})
     return SecondPhaseSummary(writer.written, choice.kind, fitted[0] if fitted else None)
