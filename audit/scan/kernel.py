@@ -186,9 +186,9 @@ def write_map(path: Path, heatmap) -> bool:
 
 
 class BulkWriter:
-    """Buffers per-sample fields and writes them in bulk, one ``set_values`` per field in the order of
-    their names; the done marker (``marker``: the field it goes to, None for none) goes last, once
-    the heatmap files of those samples (and only those) are on disk."""
+    """Buffers per-sample fields and writes them in bulk (`audit.store.db.write_samples`: one update
+    per sample, all its fields or none), with the done marker (``marker``: the field it goes to, None
+    for none), once the heatmap files of those samples (and only those) are on disk."""
 
     def __init__(self, dataset, key: str | None, marker: str | None = names.DONE):
         self.dataset = dataset
@@ -213,12 +213,7 @@ class BulkWriter:
             if not pending.result():
                 raise OSError("could not write a heatmap file")
         started = time.perf_counter()
-        field_names = sorted({name for fields in self.rows.values() for name in fields})
-        for name in field_names:
-            values = {sid: fields.get(name) for sid, fields in self.rows.items()}
-            self.dataset.set_values(name, values, key_field="id")
-        if self.marker is not None:
-            self.dataset.set_values(self.marker, {sid: self.key for sid in self.rows}, key_field="id")
+        db.write_samples(self.dataset, self.rows, None if self.marker is None else {self.marker: self.key})
         self.write_seconds += time.perf_counter() - started
         self.written += len(self.rows)
         self.rows, self.pending = {}, []

@@ -93,9 +93,27 @@ class LocalEngine:
                 batch["gt_boxes"] = [pending.boxes.pop(sample_id, None) for sample_id in batch["index"]]
             yield batch_fields(models, batch, given_labels, evidence_options, out_dir, label_set_indices, self.save_map)
 
-    def examine(self, heads: list, items: list[tuple], box_threshold: float, batch_size: int) -> Iterator[list]:
-        """Top-ranked samples of one fold (``items``: (id, filepath, label, None)) through the fold's first
-        head (`audit.scan.top_ranked`): per batch, `audit.scan.kernel.fold_fields`' rows."""
+    def examine(self, heads: dict, items: list[tuple], box_threshold: float, batch_size: int) -> Iterator[list]:
+        """Top-ranked samples (``items``: (id, filepath, label, fold), in the order of their folds)
+        through their fold's head (``heads``: fold -> `audit.scan.kernel.WithFoldHead`;
+        `audit.scan.top_ranked`), decoded by one loader for them all: per batch, the rows of
+        `audit.scan.kernel.fold_fields` for each fold's part of it."""
         labels = {item[0]: item[2] for item in items}
-        for batch in make_loader([item[:2] for item in items], heads[:1], batch_size, self.workers):
-            yield fold_fields(heads, batch, [labels[sample_id] for sample_id in batch["index"]], box_threshold)
+        folds = {item[0]: item[3] for item in items}
+        loader = make_loader([item[:2] for item in items], [next(iter(heads.values()))], batch_size, self.workers)
+        for batch in loader:
+            rows = []
+            for fold, part in _fold_parts(batch, [folds[sample_id] for sample_id in batch["index"]]):
+                rows += fold_fields([heads[fold]], part, [labels[sample_id] for sample_id in part["index"]], box_threshold)
+            yield rows
+
+
+def _fold_parts(batch: dict, folds: list[int]) -> Iterator[tuple[int, dict]]:
+    """The batch's runs of consecutive samples of one fold, each as a batch of its own."""
+    start = 0
+    for end in range(1, len(folds) + 1):
+        if end == len(folds) or folds[end] != folds[start]:
+            part = slice(start, end)
+            yield folds[start], {key: [images[part] for images in value] if key == "images" else value[part]
+                                 for key, value in batch.items()}
+            start = end

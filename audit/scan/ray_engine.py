@@ -239,14 +239,18 @@ class RayEngine:
         yield from self._run(chunks, source, dict(label_set_indices=label_set_indices), evidence_options,
                              options.batch_size)
 
-    def examine(self, heads, items: list[tuple], box_threshold: float, batch_size: int) -> Iterator[list]:
-        """Top-ranked samples of one fold (``items``: (id, filepath, label, None)) through its first head
-        (`audit.scan.top_ranked`), on the actors."""
-        chunks = [ItemsChunk(tuple(items[start:start + batch_size]), len(items[start:start + batch_size]))
-                  for start in range(0, len(items), batch_size)]
+    def examine(self, heads: dict, items: list[tuple], box_threshold: float, batch_size: int) -> Iterator[list]:
+        """Top-ranked samples (``items``: (id, filepath, label, fold)) through their fold's head
+        (``heads``: fold -> `audit.scan.kernel.WithFoldHead`; `audit.scan.top_ranked`), on the
+        actors, a fold at a time."""
         source = Source(self.uri, self.database, "", "", "", "", "", True, self.recipes[:1])
         options = EvidenceOptions(box_threshold=box_threshold, class_maps=True, second_opinion=False)
-        yield from self._run(chunks, source, dict(fold_heads=[(heads[0].fold_head, heads[0].classes)]), options, batch_size)
+        for fold, head in heads.items():
+            mine = [(sample_id, filepath, label, None) for sample_id, filepath, label, of in items if of == fold]
+            chunks = [ItemsChunk(tuple(mine[start:start + batch_size]), len(mine[start:start + batch_size]))
+                      for start in range(0, len(mine), batch_size)]
+            if chunks:
+                yield from self._run(chunks, source, dict(fold_heads=[(head.fold_head, head.classes)]), options, batch_size)
 
     def _run(self, chunks: list, source: Source, actor_kwargs: dict, evidence_options, batch_size: int) -> Iterator[list]:
         import ray

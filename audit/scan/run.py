@@ -124,8 +124,8 @@ def scan(dataset, models: AuditModel | list[AuditModel], *, options: ScanOptions
 def _second_phase(root, models: list[AuditModel], key: str, choice: HeadChoice, options: ScanOptions,
                   engine, progress, summary: ScanSummary) -> ScanSummary:
     """Run `audit.second_phase` over the dataset, one at a time (the shards of a split wait for
-    each other: the last one through judges every sample); with a fitted head, score the samples,
-    take a closer look at the highest-scored ones (`audit.scan.top_ranked`) and score them all again.
+    each other: the last one through judges every sample); with a fitted head, take a closer look
+    at the highest-scored samples (`audit.scan.top_ranked`), then score them all.
     Ctrl-C keeps what it wrote."""
     started = time.perf_counter()
     try:
@@ -133,12 +133,9 @@ def _second_phase(root, models: list[AuditModel], key: str, choice: HeadChoice, 
             done = second_phase.run(root, models, key, choice, progress)
             summary.judged = done.judged
             if choice.kind == FIT and (options.second_opinion or options.class_maps):
-                scoring = rescore(root)
                 examined = top_ranked.examine(root, models, key, done.fitted, engine, box_threshold=options.box_threshold,
                                            batch_size=options.batch_size, progress=progress)
-                if examined:  # all again, not those alone: the estimate and calibration then count their mirror
-                    scoring = rescore(root)
-                summary.scoring, summary.examined = scoring, len(examined)
+                summary.scoring, summary.examined = rescore(root), len(examined)
     except KeyboardInterrupt:
         summary.interrupted = True
     summary.second_phase_seconds = time.perf_counter() - started

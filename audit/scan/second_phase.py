@@ -89,7 +89,7 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, progr
     writer = BulkWriter(root, key, marker=names.HEAD_DONE)
     for start in range(0, len(todo), CHUNK):
         rows = todo[start:start + CHUNK]
-        stored = dict(zip(*root.select([ids[r] for r in rows]).values(["id", names.SIGNALS])))
+        stored = db.stored_dicts(root, [ids[r] for r in rows], names.SIGNALS)
         for row in rows:
             signals = replace(Signals.read(stored[ids[row]]), neighbours=NeighbourVote.read(votes[row]))
             if own is not None and not np.isnan(own[row]):
@@ -162,7 +162,7 @@ def _own_head_quantiles(root, ids: list[str]) -> np.ndarray:
     given, other = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
     for start in range(0, len(ids), CHUNK):
         chunk = ids[start:start + CHUNK]
-        stored = dict(zip(*root.select(chunk).values(["id", names.SIGNALS])))
+        stored = db.stored_dicts(root, chunk, names.SIGNALS)
         for offset, sample_id in enumerate(chunk):
             signals = Signals.read(stored[sample_id] or {})
             if signals.given_index is None or signals.given_prob is None:

@@ -38,8 +38,7 @@ def rescore(dataset, *, sample_ids: list[str] | None = None) -> ScoringSummary:
     view = dataset.exists(names.SIGNALS)
     if sample_ids is not None:
         view = view.select(sample_ids)
-    ids, stored, labels = view.values(["id", names.SIGNALS, f"{db.label_field(dataset)}.label"])
-    signals = [_for_current_label(Signals.read(s), s, label) for s, label in zip(stored, labels)]
+    ids, signals = _stored_signals(view, db.label_field(dataset))
     classes = label_set(root)
     verdicts = [judge(s, label_set=classes) for s in signals]
     if sample_ids is None:
@@ -49,12 +48,9 @@ def rescore(dataset, *, sample_ids: list[str] | None = None) -> ScoringSummary:
         chances = _chances(verdicts, errors)
     verdicts = [verdict if chance is None else sized(verdict, s, chance=chance, queued=chance >= QUEUE_FROM)
                 for verdict, s, chance in zip(verdicts, signals, chances)]
-    for field, values in ((names.CATEGORY, [v.category for v in verdicts]),
-                          (names.SCORE, [_shown(v.mislabel_score) for v in verdicts]),
-                          (names.REASONS, [v.reasons for v in verdicts]),
-                          (names.WHY, [v.why for v in verdicts]),
-                          (names.SUGGESTED, [v.suggested_label for v in verdicts])):
-        view.set_values(field, dict(zip(ids, values)), key_field="id")
+    db.write_samples(root, {sample_id: {names.CATEGORY: v.category, names.SCORE: _shown(v.mislabel_score),
+                                        names.REASONS: v.reasons, names.WHY: v.why, names.SUGGESTED: v.suggested_label}
+                            for sample_id, v in zip(ids, verdicts)})
     if errors is not None:  # the queue as the categories hold it (the explanation keeps two objects out of it)
         errors = replace(errors, queue=len(root.match(db.F(names.CATEGORY) == names.SUSPECTED_MISLABEL)))
         db.save_audit_info(root, label_errors=errors.stored())
@@ -64,6 +60,30 @@ def rescore(dataset, *, sample_ids: list[str] | None = None) -> ScoringSummary:
     labelled = [s for s in signals if s.given_index is not None]
     agreement = sum(s.pred_index == s.given_index for s in labelled) / len(labelled) if labelled else None
     return ScoringSummary(dict(counts), agreement, len(labelled), errors)
+
+
+def highest_scored(dataset, count: int) -> list[str]:
+    """The ids of the ``count`` scanned samples with the highest mislabel_score, judged from their
+    stored signals without writing anything: the order `rescore` gives (its calibration keeps the
+    raw score's order), at a fraction of its cost."""
+    ids, signals = _stored_signals(dataset.exists(names.SIGNALS), db.label_field(dataset))
+    classes = label_set(dataset._root_dataset)
+    scores = np.array([np.nan if (score := judge(s, label_set=classes).mislabel_score) is None else score
+                       for s in signals])
+    scored = np.flatnonzero(~np.isnan(scores))
+    order = scored[np.argsort(-scores[scored], kind="stable")][:count]
+    return [ids[row] for row in order]
+
+
+def _stored_signals(view, label_field: str) -> tuple[list[str], list[Signals]]:
+    """The ids and signals of ``view``'s samples, each judged for its current label (read straight
+    from the database: `audit.store.db.stored_documents`)."""
+    ids, signals = [], []
+    for document in db.stored_documents(view, [names.SIGNALS, f"{label_field}.label"]):
+        stored = document.get(names.SIGNALS)
+        ids.append(str(document["_id"]))
+        signals.append(_for_current_label(Signals.read(stored), stored, (document.get(label_field) or {}).get("label")))
+    return ids, signals
 
 
 def _judged(signals: Signals, verdict: Verdict) -> bool:

@@ -171,6 +171,56 @@ def save_audit_info(dataset: fo.Dataset, **values) -> None:
     dataset.save()
 
 
+def stored_dicts(dataset: fo.Dataset, sample_ids: list[str], field: str) -> dict[str, dict | None]:
+    """The ``field`` (a DictField) of the samples ``sample_ids``, by id, read straight from the
+    database (see `stored_documents`)."""
+    from bson import ObjectId
+
+    found = dataset._sample_collection.find({"_id": {"$in": [ObjectId(i) for i in sample_ids]}}, {field: 1})
+    return {str(document["_id"]): document.get(field) for document in found}
+
+
+def stored_documents(view, paths: list[str]):
+    """The stored documents of ``view``'s samples (a dataset or a view) with ``paths`` only (and
+    ``_id``), as MongoDB holds them: FiftyOne's ``values()`` of the same fields takes about three
+    times as long (docs/scale.md#a-million-samples)."""
+    return view._aggregate(post_pipeline=[{"$project": dict.fromkeys(paths, 1)}])
+
+
+def write_samples(dataset: fo.Dataset, rows: dict[str, dict], last: dict | None = None) -> None:
+    """Write each sample's fields (``rows``: id -> {field: value}; a field another row has and this
+    one lacks is set to None) and ``last`` (the same {field: value} for all, say a done marker), in
+    one update per sample, so that a sample has all of them or none. A field the dataset does not
+    declare yet is written first by FiftyOne's ``set_values``, which declares its type. One update
+    per sample instead of FiftyOne's one per field and sample: see docs/scale.md#a-million-samples."""
+    from datetime import datetime, timezone
+
+    from bson import ObjectId
+    from pymongo import UpdateOne
+
+    root = dataset._root_dataset
+    schema = root.get_field_schema()
+    names_written = sorted({name for fields in rows.values() for name in fields})
+    for name in (name for name in names_written if name not in schema):
+        root.set_values(name, {sample_id: fields.get(name) for sample_id, fields in rows.items()}, key_field="id")
+    declared = {name: schema[name] for name in names_written if name in schema}
+    now = datetime.now(timezone.utc).replace(tzinfo=None)  # as FiftyOne's own writes stamp a sample
+    ops = [UpdateOne({"_id": ObjectId(sample_id)}, {"$set": {
+        **{name: _as_stored(field, fields.get(name)) for name, field in declared.items()}, **(last or {}),
+        "last_modified_at": now}})
+        for sample_id, fields in rows.items()]
+    root._bulk_write(ops, ids=list(rows))
+
+
+def _as_stored(field, value):
+    """``value`` as MongoDB stores it in ``field``: plain values (a dict of numbers and strings, a list,
+    a number) as they are, FiftyOne's labels and arrays serialised by the field (mongoengine's walk of
+    a plain dict costs more than the write itself)."""
+    if value is None or isinstance(value, (dict, list, str, int, float, bool)):
+        return value
+    return field.to_mongo(value)
+
+
 def declare_audit_fields(dataset: fo.Dataset) -> None:
     """Declare the fields the scan and the scoring write, so that a batch of all-empty values
     (say, only unreadable images) still has a type."""
