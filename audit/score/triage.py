@@ -15,6 +15,8 @@ from audit.score.policy import THRESHOLDS, Verdict, for_new_label, judge, sized
 from audit.signals import Signals
 from audit.store import db
 
+WRITE_PAGE = 10_000  # samples whose verdicts are written in one bulk
+
 
 @dataclass
 class ScoringSummary:
@@ -48,9 +50,10 @@ def rescore(dataset, *, sample_ids: list[str] | None = None) -> ScoringSummary:
         chances = _chances(verdicts, errors)
     verdicts = [verdict if chance is None else sized(verdict, s, chance=chance, queued=chance >= QUEUE_FROM)
                 for verdict, s, chance in zip(verdicts, signals, chances)]
-    db.write_samples(root, {sample_id: {names.CATEGORY: v.category, names.SCORE: _shown(v.mislabel_score),
-                                        names.REASONS: v.reasons, names.WHY: v.why, names.SUGGESTED: v.suggested_label}
-                            for sample_id, v in zip(ids, verdicts)})
+    for start in range(0, len(ids), WRITE_PAGE):
+        db.write_samples(root, {sample_id: {names.CATEGORY: v.category, names.SCORE: _shown(v.mislabel_score),
+                                            names.REASONS: v.reasons, names.WHY: v.why, names.SUGGESTED: v.suggested_label}
+                                for sample_id, v in zip(ids[start:start + WRITE_PAGE], verdicts[start:start + WRITE_PAGE])})
     if errors is not None:  # the queue as the categories hold it (the explanation keeps two objects out of it)
         errors = replace(errors, queue=len(root.match(db.F(names.CATEGORY) == names.SUSPECTED_MISLABEL)))
         db.save_audit_info(root, label_errors=errors.stored())
@@ -76,8 +79,8 @@ def highest_scored(dataset, count: int) -> list[str]:
 
 
 def _stored_signals(view, label_field: str) -> tuple[list[str], list[Signals]]:
-    """The ids and signals of ``view``'s samples, each judged for its current label (read straight
-    from the database: `audit.store.db.stored_documents`)."""
+    """The ids and signals of ``view``'s samples, read straight from the database
+    (`audit.store.db.stored_documents`), each for its current label (`_for_current_label`)."""
     ids, signals = [], []
     for document in db.stored_documents(view, [names.SIGNALS, f"{label_field}.label"]):
         stored = document.get(names.SIGNALS)
