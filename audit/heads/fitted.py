@@ -140,7 +140,7 @@ def _fit_fold(x: np.ndarray, train: np.ndarray, targets: np.ndarray, n_classes: 
         rows = np.sort(np.random.default_rng(SEED).choice(rows, HELD_ROWS, replace=False))
     chosen = np.zeros(len(x), dtype=bool)
     chosen[rows] = True
-    held = [(page, y) for _, page, y in _pages(x, chosen, targets)]
+    held = list(_pages(x, chosen, targets))
     width = x.shape[1]
     total, squares = torch.zeros(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
     for page, _ in held:
@@ -180,12 +180,12 @@ def _threads(count: int):
 
 
 def _pages(x: np.ndarray, chosen: np.ndarray, targets: np.ndarray):
-    """(start, float32 rows, targets) of the ``chosen`` rows of ``x``, a contiguous page of PAGE_ROWS at a time."""
+    """(float32 rows, targets) of the ``chosen`` rows of ``x``, a contiguous page of PAGE_ROWS at a time."""
     for begin in range(0, len(x), PAGE_ROWS):
         mask = chosen[begin:begin + PAGE_ROWS]
         if mask.any():
             page = torch.from_numpy(np.ascontiguousarray(x[begin:begin + PAGE_ROWS])).to(torch.float32)
-            yield begin, page[torch.from_numpy(mask.copy())], targets[begin:begin + PAGE_ROWS][mask]
+            yield page[torch.from_numpy(mask.copy())], targets[begin:begin + PAGE_ROWS][mask]
 
 
 def _lbfgs(w: torch.Tensor, b: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor, batches: list, count: int,

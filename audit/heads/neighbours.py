@@ -138,8 +138,11 @@ def approximate_nearest(embeddings: np.ndarray, k: int = K, *, dimensions: int |
         indices[start:stop] = np.take_along_axis(found, order, axis=1)
         similarity[start:stop] = np.take_along_axis(exact, order, axis=1)
     short = np.flatnonzero(~np.isfinite(similarity).all(axis=1))  # fewer than k candidates: searched exactly
+    cosine = np.empty(count, dtype=np.float32)
     for row in short:
-        cosine = (_page(x, 0, count) @ _page(x, row, row + 1)[0]) / norms / norms[row]
+        for start in range(0, count, PAGE_ROWS):  # a page at a time: no float32 copy of all the rows
+            cosine[start:start + PAGE_ROWS] = _page(x, start, start + PAGE_ROWS) @ _page(x, row, row + 1)[0]
+        cosine /= norms * norms[row]
         cosine[row] = -np.inf
         best = np.argsort(-cosine, kind="stable")[:k]
         indices[row], similarity[row] = best, cosine[best]

@@ -1,6 +1,7 @@
 """What both phases and both engines (local, Ray) share: the process set-up for a streaming pass,
 a decoded batch -> its samples' fields (first phase: `batch_fields`; a top-ranked sample through its
-fold's fitted head: `fold_fields`), the map files written atomically, and the bulk writer whose done marker goes last."""
+fold's fitted head: `fold_fields`), the map files written atomically, and the bulk writer (a
+sample's fields and its done marker in one update)."""
 
 from __future__ import annotations
 
