@@ -7,7 +7,8 @@ out-of-fold probabilities of five real models for each, and a user's fine-tuned 
 (`audit scan csv --root labels.csv --predictions FILE.csv`); each model's predictions are then
 attached in turn (the first phase is kept, the second phase and the scoring rerun). The user's own
 classifier is scanned on its own (`--model timm:tf_efficientnet_lite0 --weights model.pth --classes
-classes.txt`), its head judging. Figures, against the truth files:
+classes.txt`), its head judging, and then with each model's predictions too (both at once: the
+user's classifier explains, the predictions judge, its own probabilities weighed in). Figures, against the truth files:
 
 - AP and AUROC of ``mislabel_score``, beside cleanlab's self-confidence (1 - p[label]) and
   normalised margin (p[label] - max p[other]) on the same probabilities, computed here;
@@ -66,6 +67,9 @@ def main() -> None:
         if not args.no_user_model:
             rows.append(run_user_model(label_set, labels_file, truth, args.limit))
             out.print(row_text(rows[-1]))
+            for model in args.models:
+                rows.append(run_both(label_set, labels_file, model, truth, args.limit))
+                out.print(row_text(rows[-1]))
     table = Table("labels", "judged by", "AP", "AUROC", "SC AP", "NM AP", "AP / best", "triage AUROC",
                   "1-p triage", "suggested", "best other", title="cifar10n-dev: wrong labels ranked first")
     for row in rows:
@@ -106,6 +110,21 @@ def run_user_model(label_set: str, labels_file: str, truth: dict, limit: int | N
     with audit.scan_progress() as progress:
         audit.audit_dataset(dataset, models, progress=progress)
     return figures(dataset, truth, label_set, "your Lite0 (its head)")
+
+
+def run_both(label_set: str, labels_file: str, model: str, truth: dict, limit: int | None) -> dict:
+    """The user's classifier explaining and ``model``'s out-of-fold predictions judging: the label set
+    scanned once so, each model's predictions then attached in turn (the first phase kept)."""
+    import audit
+
+    request = audit.SourceRequest("csv", root=str(DATA / labels_file), name=f"cifar10n-{label_set}-both", limit=limit,
+                                  predictions=str(DATA / "predictions" / f"{model}_{label_set}.csv"))
+    dataset, _ = audit.load_source(request, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    models = audit.load_models(["timm:tf_efficientnet_lite0"], weights=USER_MODEL / "model.pth",
+                               classes=USER_MODEL / "classes.txt")
+    with audit.scan_progress() as progress:
+        audit.audit_dataset(dataset, models, progress=progress)
+    return figures(dataset, truth, label_set, f"{model} (given) + your Lite0")
 
 
 def figures(dataset, truth: dict, label_set: str, by: str) -> dict:

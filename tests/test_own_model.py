@@ -197,6 +197,23 @@ def test_your_classifier_explains_while_your_predictions_judge(given, user):
     first = db.flagged_view(dataset).first()
     assert first.filepath == str(planted) and first[names.SUGGESTED] == "kitty"
     assert first[names.GRADCAM_GIVEN] is not None  # the class maps of your model, which knows the labels
+    assert 0.0 <= db.audit_info(dataset)["head"]["given_share_against_model"] <= 1.0
+
+
+def test_where_your_predictions_say_nothing_your_classifier_s_own_probabilities_judge(given, user):
+    """Predictions that give every class the same chance cannot tell a wrong label: your classifier,
+    which explains, has its own probabilities weighed in at the share that makes the labels most likely."""
+    table, rows, _matrix, root, planted = given
+    _folder, _planted, weights, classes, _ = user
+    flat = np.full((len(rows), len(CLASSES)), 1.0 / len(CLASSES))
+    result = scan("csv", "--root", str(table), "--name", "flat-and-model", "--model", "timm:tf_efficientnet_lite0",
+                  "--weights", str(weights), "--classes", str(classes), "--predictions",
+                  str(predictions_csv(root / "flat.csv", [f for f, _ in rows], flat)))
+    assert result.exit_code == 0, result.output
+    dataset = db.load_dataset("flat-and-model")
+    assert db.audit_info(dataset)["head"]["given_share_against_model"] < 0.5  # the labels fit your classifier better
+    first = db.flagged_view(dataset).first()
+    assert first.filepath == str(planted) and first[names.SUGGESTED] == "kitty"
 
 
 def test_samples_added_without_predictions_are_said_in_one_line(given, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 from audit.data.classes import imagenet_names
 from audit.scan.evidence import ModelEvidence, SampleEvidence, sample_signals
-from audit.score.policy import consensus, for_new_label, judge
+from audit.score.policy import consensus, for_new_label, judge, sized
 from audit.signals import Signals
 
 NAMES = imagenet_names()
@@ -41,8 +41,9 @@ def signals():
 
 
 def test_agreeing_confident_prediction_is_ok_and_scores_low(signals):
-    verdict = judge(signals(TABBY, distribution(tabby=0.9), flip=distribution(tabby=0.9)))
+    verdict = judge(signals(TABBY, distribution(tabby=0.9, espresso=0.05), flip=distribution(tabby=0.9, espresso=0.05)))
     assert verdict.category == "ok" and verdict.mislabel_score < 0.1 and verdict.reasons == []
+    assert verdict.suggested_label == "espresso" and verdict.why is None  # the fix should the label be wrong after all
 
 
 def test_dominant_object_confidently_another_class_is_a_suspected_mislabel(signals):
@@ -61,6 +62,13 @@ def test_label_with_evidence_on_the_dominant_object_is_a_classifier_failure(sign
                             object=distribution(tripod=0.45, espresso=0.3)))
     assert verdict.category == "classifier_failure"
     assert verdict.suggested_label == "espresso"  # the fix, should the reviewer find the label wrong
+
+
+def test_a_dispute_with_a_label_most_likely_right_is_not_flagged_but_keeps_its_suggestion(signals):
+    stored = signals(TRIPOD, distribution(tripod=0.3, espresso=0.2), flip=distribution(tripod=0.3, espresso=0.2))
+    verdict = sized(judge(stored), Signals.read(stored), chance=0.02, queued=False)
+    assert verdict.category == "ok" and verdict.why is None and verdict.mislabel_score == 0.02
+    assert verdict.suggested_label == "espresso"
 
 
 def test_a_label_the_model_favours_narrowly_is_a_classifier_failure_not_several_objects(signals):

@@ -29,7 +29,7 @@ from audit.errors import InputError
 from audit.store import db
 
 SUM_TOLERANCE = 0.01  # a row of probabilities sums to 1 within this
-SHARES = tuple(i / 10 for i in range(11))  # the given probabilities' share against their neighbours' (`smooth`)
+SHARES = tuple(i / 10 for i in range(11))  # the given probabilities' share against the model's or their neighbours'
 # In-sample telltale: the label is the top class at this probability or more on this share of the samples.
 MEMORISED_PROB, MEMORISED_SHARE = 0.95, 0.9
 
@@ -259,8 +259,19 @@ def attach(dataset, predictions: GivenPredictions, *, partial: bool = False) -> 
     return record
 
 
+def weigh_model(given: np.ndarray, model: np.ndarray, label_indices: list[int | None]) -> tuple[np.ndarray, float]:
+    """The given probabilities with the explaining model's own weighed in, where its head knows the
+    labels (your classifier, with ``--predictions`` too): a * p + (1 - a) * p(model), ``model`` its
+    probabilities over the given classes (the whole image averaged with its mirror image where the
+    scan asked for one), at the share ``a`` (0 to 1 by tenths) under which the labels are most likely;
+    1 where the model adds nothing. On cifar10n-dev's majority labels, ResNet-18's out-of-fold
+    probabilities with the user's fine-tuned Lite0: ``a`` = 0.7, AP 0.888 -> 0.905, the triage AUROC
+    0.876 -> 0.899."""
+    return _most_likely_mix(given, model, label_indices)
+
+
 def smooth(given: np.ndarray, neighbour_rows: np.ndarray, label_indices: list[int | None]) -> tuple[np.ndarray, float]:
-    """The given probabilities with the audit's own evidence weighed in: each sample's distribution
+    """The given probabilities with their neighbours' weighed in: each sample's distribution
     mixed with the mean of its nearest neighbours' in the model's embedding space (``neighbour_rows``),
     a * p + (1 - a) * mean(p of the neighbours), at the share ``a`` (0 to 1 by tenths) under which the
     labels are most likely. Where the neighbours add nothing, ``a`` is 1 and the given probabilities
@@ -269,17 +280,24 @@ def smooth(given: np.ndarray, neighbour_rows: np.ndarray, label_indices: list[in
     where it raises the AP of every model (ResNet-18 0.963 -> 0.966). A head fitted on the embeddings
     and multiplied in at the weight that makes the labels most likely lowered the AP instead
     (0.888 -> 0.885), as did any fixed share (0.883 at one part in five)."""
-    rows, chosen = _labelled(label_indices)
-    if len(rows) == 0 or neighbour_rows.shape[1] == 0:
+    if neighbour_rows.shape[1] == 0:
         return given, 1.0
-    around = given[neighbour_rows].mean(axis=1)
+    return _most_likely_mix(given, given[neighbour_rows].mean(axis=1), label_indices)
+
+
+def _most_likely_mix(given: np.ndarray, other: np.ndarray, label_indices: list[int | None]) -> tuple[np.ndarray, float]:
+    """a * given + (1 - a) * other at the share ``a`` of SHARES under which the labels are most
+    likely (the mean log-probability of each labelled sample's label), and ``a``."""
+    rows, chosen = _labelled(label_indices)
+    if len(rows) == 0:
+        return given, 1.0
 
     def negative_log_likelihood(share: float) -> float:
-        mixed = share * given[rows, chosen] + (1 - share) * around[rows, chosen]
+        mixed = share * given[rows, chosen] + (1 - share) * other[rows, chosen]
         return float(-np.mean(np.log(np.clip(mixed, 1e-9, 1.0))))
 
     share = min(SHARES, key=negative_log_likelihood)
-    return (share * given + (1 - share) * around).astype(np.float32), float(share)
+    return (share * given + (1 - share) * other).astype(np.float32), float(share)
 
 
 def label_quantiles(probabilities: np.ndarray, label_indices: list[int | None]) -> np.ndarray:

@@ -32,7 +32,7 @@ from audit.scan.kernel import BulkWriter
 from audit.signals import NeighbourVote, Signals
 from audit.store import db
 
-PHASE_VERSION = 2  # bump when the fields this phase writes change meaning
+PHASE_VERSION = 3  # bump when the fields this phase writes change meaning
 CHUNK = 1000  # samples whose signals are read and written at a time
 EMBEDDINGS_PAGE = 5000  # embeddings read from the database at a time
 PLOT_TSNE_FROM, PLOT_TSNE_UP_TO = 100, 20_000
@@ -81,7 +81,7 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, progr
     around = neighbours.graph(embeddings[0], labels)
     votes = neighbours.votes(embeddings[0], labels, filepaths, around=around)
     fitted = [fit_heads(ids, e, labels, progress=progress) for e in embeddings] if choice.kind == FIT else None
-    given = _given(root, scanned, around[0], labels) if choice.kind == GIVEN else None
+    given = _given(root, scanned, ids, around[0], labels, weigh_model=choice.model_knows_labels) if choice.kind == GIVEN else None
     own = _own_head_quantiles(root, ids) if choice.kind == MODEL and not models[0].is_imagenet else None
     plane = principal_plane(embeddings[0]) if len(ids) > PLOT_TSNE_UP_TO else None
     del embeddings  # FiftyOne Brain's similarity index reads its own copy at the end
@@ -111,7 +111,8 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, progr
     elif skipped:
         print(skipped, file=sys.stderr)
     if given is not None:
-        db.save_audit_info(root, head={**choice.info(), "given_share": given.share})
+        db.save_audit_info(root, head={**choice.info(), "given_share": given.share,
+                                       "given_share_against_model": given.share_against_model})
     return SecondPhaseSummary(writer.written, choice.kind, fitted[0] if fitted else None)
 
 
@@ -129,17 +130,20 @@ def fitted_heads(root, scan_key: str, progress=None) -> FittedHeads:
 
 @dataclass
 class GivenJudgement:
-    """The user's predictions with their neighbours' weighed in (`audit.heads.given.smooth`), in their classes."""
+    """The user's predictions with the model's and their neighbours' weighed in (`audit.heads.given`), in their classes."""
 
     classes: list[str]
     probabilities: np.ndarray
     quantiles: np.ndarray
     share: float  # the given probabilities' own share against their neighbours'
+    share_against_model: float | None  # their share against the model's, where its head knows the labels (else None)
 
 
-def _given(root, scanned, nearest: np.ndarray, labels: list[str | None]) -> GivenJudgement:
-    """The given probabilities of the scanned samples, their neighbours' (``nearest``: the rows of each
-    one's nearest in the embeddings, as the vote reads them) weighed in."""
+def _given(root, scanned, ids: list[str], nearest: np.ndarray, labels: list[str | None], *,
+           weigh_model: bool) -> GivenJudgement:
+    """The given probabilities of the scanned samples (``ids``), with the model's own weighed in where
+    ``weigh_model`` (its head knows the labels: `audit.heads.given.weigh_model`), then their
+    neighbours' (``nearest``: the rows of each one's nearest in the embeddings, as the vote reads them)."""
     record = db.audit_info(root)["predictions"]
     lacking = len(scanned) - len(scanned.exists(names.GIVEN_PROBABILITIES))
     if lacking:
@@ -148,8 +152,33 @@ def _given(root, scanned, nearest: np.ndarray, labels: list[str | None]) -> Give
     classes = record["classes"]
     probabilities = stored_embeddings(scanned, names.GIVEN_PROBABILITIES, len(nearest))
     indices = [classes.index(label) if label in classes else None for label in labels]
+    share_against_model = None
+    if weigh_model:
+        model = _model_probabilities(root, ids, classes)
+        probabilities, share_against_model = given_head.weigh_model(probabilities, model, indices)
     smoothed, share = given_head.smooth(probabilities, nearest, indices)
-    return GivenJudgement(classes, smoothed, given_head.label_quantiles(smoothed, indices), share)
+    return GivenJudgement(classes, smoothed, given_head.label_quantiles(smoothed, indices), share, share_against_model)
+
+
+def _model_probabilities(root, ids: list[str], classes: list[str]) -> np.ndarray:
+    """The model's own probabilities of ``classes`` for each of ``ids``, from the first phase's stored
+    signals: the whole image averaged with its mirror image where the scan asked for one, over
+    ``classes`` alone (a class outside a stored top counts 0; where none is in it, all are equal)."""
+    column = {label: index for index, label in enumerate(classes)}
+    probabilities = np.zeros((len(ids), len(classes)), dtype=np.float32)
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start:start + CHUNK]
+        stored = db.stored_dicts(root, chunk, names.SIGNALS)
+        for offset, sample_id in enumerate(chunk):
+            signals = Signals.read(stored[sample_id] or {})
+            mirror = (signals.views or {}).get("flip")
+            tops = [signals.model_top if signals.head in (FIT, GIVEN) else signals.top] + ([mirror.top] if mirror else [])
+            for top in tops:
+                for label, probability in top or []:
+                    if label in column:
+                        probabilities[start + offset, column[label]] += probability / len(tops)
+    totals = probabilities.sum(axis=1, keepdims=True)
+    return np.where(totals > 0, probabilities / np.maximum(totals, 1e-12), 1.0 / len(classes)).astype(np.float32)
 
 
 def _own_head_quantiles(root, ids: list[str]) -> np.ndarray:

@@ -123,7 +123,7 @@ def wrong_label_chances(confidence: np.ndarray, agrees: np.ndarray) -> np.ndarra
     bins = _bins(confidence)
     counts, confirmed, prior = _bin_counts(bins, agrees, confidence)
     share = _wrong_share(counts, confirmed, prior)
-    right = np.minimum(1.0, _confirmed_rate(counts, confirmed, prior) / (1.0 - share))
+    right = np.minimum(1.0, _confirmed_rate(counts, confirmed, prior) / (1.0 - min(share, 0.999)))
     return np.where(agrees, 0.0, right[bins])
 
 

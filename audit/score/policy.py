@@ -111,7 +111,7 @@ class Verdict:
     category: str
     mislabel_score: float | None
     reasons: list[str]  # the decisive one first
-    suggested_label: str | None
+    suggested_label: str | None  # the fix should the label be wrong, flagged or not (none for a bad box: its fix is the box)
     why: str | None  # the decisive reason in a few words, for a tile (no commas: the App splits values at them)
     label_seen: bool = False  # the explanation finds the label's class on an object of the image (two objects)
 
@@ -209,7 +209,7 @@ def sized(verdict: Verdict, signals: Signals, *, chance: float, queued: bool) ->
     if verdict.category in (OK, BAD_BOX):
         return replace(verdict, mislabel_score=chance)
     if chance < FLAG_FROM:
-        return replace(verdict, category=OK, mislabel_score=chance, suggested_label=None, why=None,
+        return replace(verdict, category=OK, mislabel_score=chance, why=None,
                        reasons=[f"'{given}' is most likely right ({odds}), though: {verdict.reasons[0]}",
                                 *verdict.reasons[1:]])
     if verdict.category == SUSPECTED_MISLABEL:
@@ -375,7 +375,7 @@ def _label_favoured(case: Case) -> Verdict:
     # not flagged: the twin is the suspect, flagged on its own (on the own-classes test folder,
     # flagging both put five right labels beside the one planted error).
     twin = case.signals.neighbours.duplicate if case.signals.neighbours else None
-    return Verdict(OK, case.score, case.few + ([duplicate_reason(twin)] if twin else []), None, None)
+    return Verdict(OK, case.score, case.few + ([duplicate_reason(twin)] if twin else []), case.suggestion, None)
 
 
 def _label_disputed(case: Case) -> Verdict:
