@@ -1,6 +1,7 @@
 """The scoring is a pure function of stored signals: each category from the signals that define it.
 The signals are made by the scan's own code (`audit.scan.evidence.sample_signals`) from class distributions."""
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -62,6 +63,13 @@ def test_label_with_evidence_on_the_dominant_object_is_a_classifier_failure(sign
                             object=distribution(tripod=0.45, espresso=0.3)))
     assert verdict.category == "classifier_failure"
     assert verdict.suggested_label == "espresso"  # the fix, should the reviewer find the label wrong
+
+
+def test_with_your_predictions_the_suggestion_is_their_best_other_class_not_the_explaining_model_s(signals):
+    whole = distribution(espresso=0.6, tripod=0.05)
+    stored = Signals.read(signals(TRIPOD, whole, flip=whole, object=distribution(tabby=0.9, tripod=0.01)))
+    assert judge(stored).suggested_label == "tabby"  # the model's head: the dominant object's class
+    assert judge(replace(stored, head="given")).suggested_label == "espresso"
 
 
 def test_a_dispute_with_a_label_most_likely_right_is_not_flagged_but_keeps_its_suggestion(signals):
