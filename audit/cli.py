@@ -190,12 +190,17 @@ def _print_loaded(dataset, added: int, warnings: list[str], models, predictions:
 
 
 def _print_scanned(dataset, result) -> None:
+    from audit.heads.choice import GIVEN
+    from audit.heads.given import weighed_in
+    from audit.store import db
+
     summary, scoring = result.scan, result.scoring
     _say(f"scanned {summary.scanned}, already done {summary.skipped}, unreadable {summary.unreadable}; "
          + ", ".join(f"{c} {n}" for c, n in sorted(scoring.counts.items())))
     if summary.head is not None:
         again = f", the top {summary.examined} examined again" if summary.examined else ""
-        _say(f"head: {summary.head.kind} ({summary.head.why}); second phase judged {summary.judged}{again} "
+        weighed = weighed_in(db.audit_info(dataset)["head"]) if summary.head.kind == GIVEN else ""
+        _say(f"head: {summary.head.kind} ({summary.head.why}{weighed}); second phase judged {summary.judged}{again} "
              f"in {summary.second_phase_seconds:.1f} s")
     if summary.unreadable:
         _say(f"{summary.unreadable} image(s) could not be read (category error, the reason in audit_error): "

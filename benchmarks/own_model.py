@@ -17,7 +17,7 @@ user's classifier explains, the predictions judge, its own probabilities weighed
 - how often ``suggested_label`` is the true class among the wrong labels, beside the probabilities'
   best other class.
 
-    .venv/bin/python benchmarks/own_model.py                       # everything (about 25 minutes on 2 cores)
+    .venv/bin/python benchmarks/own_model.py                       # everything (about an hour on 2 cores)
     .venv/bin/python benchmarks/own_model.py --models resnet18 --no-user-model
 
 The database is FIFTYONE_DATABASE_URI's when set (scans are then kept between runs), else a

@@ -16,6 +16,7 @@ import numpy as np
 
 from audit import names
 from audit.errors import AuditError
+from audit.heads.given import weighed_in
 from audit.review.relabel import marks_summary
 from audit.review.render import overlay
 from audit.score.estimate import LabelErrors
@@ -49,7 +50,7 @@ def judged_by(dataset) -> str:
     named = ", ".join(m["model"] + (f" ({Path(m['weights']).name})" if "classes" in m else "") for m in models)
     kind = {"model": "the model's own head", "fit": "a head fitted on the embeddings (out of fold)",
             "given": f"your predictions, {info.get('predictions', {}).get('source', '?')}"}.get(head["kind"], head["kind"])
-    why = "" if head["kind"] == "given" else f" ({head.get('why', '')})"  # the predictions' source is named once
+    why = weighed_in(head) if head["kind"] == "given" else f" ({head.get('why', '')})"  # the source is named once
     return f"judged by {kind}{why}; explained by {named}"
 
 
