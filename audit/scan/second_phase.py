@@ -166,17 +166,13 @@ def _model_probabilities(root, ids: list[str], classes: list[str]) -> np.ndarray
     ``classes`` alone (a class outside a stored top counts 0; where none is in it, all are equal)."""
     column = {label: index for index, label in enumerate(classes)}
     probabilities = np.zeros((len(ids), len(classes)), dtype=np.float32)
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK]
-        stored = db.stored_dicts(root, chunk, names.SIGNALS)
-        for offset, sample_id in enumerate(chunk):
-            signals = Signals.read(stored[sample_id] or {})
-            mirror = (signals.views or {}).get("flip")
-            tops = [signals.model_top if signals.head in (FIT, GIVEN) else signals.top] + ([mirror.top] if mirror else [])
-            for top in tops:
-                for label, probability in top or []:
-                    if label in column:
-                        probabilities[start + offset, column[label]] += probability / len(tops)
+    for row, signals in _each_stored_signals(root, ids):
+        mirror = (signals.views or {}).get("flip")
+        tops = [signals.model_top if signals.head in (FIT, GIVEN) else signals.top] + ([mirror.top] if mirror else [])
+        for top in tops:
+            for label, probability in top or []:
+                if label in column:
+                    probabilities[row, column[label]] += probability / len(tops)
     totals = probabilities.sum(axis=1, keepdims=True)
     return np.where(totals > 0, probabilities / np.maximum(totals, 1e-12), 1.0 / len(classes)).astype(np.float32)
 
@@ -189,21 +185,26 @@ def _own_head_quantiles(root, ids: list[str]) -> np.ndarray:
     the normalised margin ranks far below (0.695), the consensus with the object crops too (0.718:
     a crop of a 32-pixel photo is a few pixels)."""
     given, other = np.full(len(ids), np.nan), np.full(len(ids), np.nan)
-    for start in range(0, len(ids), CHUNK):
-        chunk = ids[start:start + CHUNK]
-        stored = db.stored_dicts(root, chunk, names.SIGNALS)
-        for offset, sample_id in enumerate(chunk):
-            signals = Signals.read(stored[sample_id] or {})
-            if signals.given_index is None or signals.given_prob is None:
-                continue
-            mirror = (signals.views or {}).get("flip")
-            given[start + offset] = signals.given_prob if mirror is None else (signals.given_prob + mirror.given_prob) / 2
-            other[start + offset] = signals.max_other_prob
+    for row, signals in _each_stored_signals(root, ids):
+        if signals.given_index is None or signals.given_prob is None:
+            continue
+        mirror = (signals.views or {}).get("flip")
+        given[row] = signals.given_prob if mirror is None else (signals.given_prob + mirror.given_prob) / 2
+        other[row] = signals.max_other_prob
     known = ~np.isnan(given)
     quantiles = np.full(len(ids), np.nan)
     if known.any():
         quantiles[known] = given_head.standing_quantiles(given[known], other[known], margin_share=0.0)
     return quantiles
+
+
+def _each_stored_signals(root, ids: list[str]):
+    """(row, stored signals) of each of ``ids``, read CHUNK samples at a time."""
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start:start + CHUNK]
+        stored = db.stored_dicts(root, chunk, names.SIGNALS)
+        for offset, sample_id in enumerate(chunk):
+            yield start + offset, Signals.read(stored[sample_id] or {})
 
 
 def _given_signals(stored: Signals, given: GivenJudgement, row: int, label: str | None,
