@@ -19,6 +19,7 @@ user's classifier explains, the predictions judge, its own probabilities weighed
 
     .venv/bin/python benchmarks/own_model.py                       # everything (about an hour on 2 cores)
     .venv/bin/python benchmarks/own_model.py --models resnet18 --no-user-model
+    .venv/bin/python benchmarks/own_model.py --data DIR --user-model DIR   # a held-out set of the same layout
 
 The database is FIFTYONE_DATABASE_URI's when set (scans are then kept between runs), else a
 throwaway mongod in a temporary folder.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +49,9 @@ def main() -> None:
     parser.add_argument("--label-sets", nargs="+", default=list(LABEL_SETS), choices=list(LABEL_SETS))
     parser.add_argument("--no-user-model", action="store_true", help="leave the user's classifier out")
     parser.add_argument("--limit", type=int, help="the first N photos only (a quick look, not the figures)")
+    parser.add_argument("--data", type=Path, default=DATA, help="a folder laid out as cifar10n-dev (its README)")
+    parser.add_argument("--user-model", type=Path, default=USER_MODEL,
+                        help="a folder with the user's model.pth and classes.txt")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
     from throwaway_db import benchmark_database
@@ -60,18 +65,19 @@ def main() -> None:
     rows = []
     for label_set in args.label_sets:
         labels_file, truth_file = LABEL_SETS[label_set]
-        truth = read_truth(DATA / truth_file)
+        truth = read_truth(args.data / truth_file)
+        scan = LabelSet(args.data, labels_file, label_set, args.limit)
         for model in args.models:
-            rows.append(run_given(label_set, labels_file, model, truth, args.limit))
+            rows.append(run_given(scan, model, truth))
             out.print(row_text(rows[-1]))
         if not args.no_user_model:
-            rows.append(run_user_model(label_set, labels_file, truth, args.limit))
+            rows.append(run_user_model(scan, args.user_model, truth))
             out.print(row_text(rows[-1]))
             for model in args.models:
-                rows.append(run_both(label_set, labels_file, model, truth, args.limit))
+                rows.append(run_both(scan, args.user_model, model, truth))
                 out.print(row_text(rows[-1]))
     table = Table("labels", "judged by", "AP", "AUROC", "SC AP", "NM AP", "AP / best", "triage AUROC",
-                  "1-p triage", "suggested", "best other", title="cifar10n-dev: wrong labels ranked first")
+                  "1-p triage", "suggested", "best other", title=f"{args.data.name}: wrong labels ranked first")
     for row in rows:
         table.add_row(row["labels"], row["by"], f"{row['ap']:.3f}", f"{row['auroc']:.3f}", f"{row['sc_ap']:.3f}",
                       f"{row['nm_ap']:.3f}", f"{row['ap'] / max(row['sc_ap'], row['nm_ap']):.3f}",
@@ -87,44 +93,64 @@ def read_truth(path: Path) -> dict[str, tuple[int, str]]:
                 for row in csv.DictReader(handle)}
 
 
-def run_given(label_set: str, labels_file: str, model: str, truth: dict, limit: int | None) -> dict:
+@dataclass(frozen=True)
+class LabelSet:
+    """One label set of a data folder, scanned as a user would (``audit scan csv --root LABELS``)."""
+
+    data: Path
+    labels_file: str
+    name: str
+    limit: int | None
+
+    def request(self, suffix: str = "", *, model: str | None = None):
+        """The CSV source, judged by ``model``'s out-of-fold predictions when one is named."""
+        import audit
+
+        predictions = str(self.data / "predictions" / f"{model}_{self.name}.csv") if model else None
+        return audit.SourceRequest("csv", root=str(self.data / self.labels_file), limit=self.limit,
+                                   name=f"{self.data.name}-{self.name}{suffix}", predictions=predictions)
+
+
+def run_given(scan: LabelSet, model: str, truth: dict) -> dict:
     """The label set scanned with the embedded model, judged by ``model``'s out-of-fold predictions."""
     import audit
 
-    request = audit.SourceRequest("csv", root=str(DATA / labels_file), name=f"cifar10n-{label_set}", limit=limit,
-                                  predictions=str(DATA / "predictions" / f"{model}_{label_set}.csv"))
-    dataset, _ = audit.load_source(request, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
+    dataset, _ = audit.load_source(scan.request(model=model), warn=_warn)
     with audit.scan_progress() as progress:
         audit.audit_dataset(dataset, audit.load_models(audit.model_names()), progress=progress)
-    return figures(dataset, truth, label_set, f"{model} (given)")
+    return figures(dataset, truth, scan.name, f"{model} (given)")
 
 
-def run_user_model(label_set: str, labels_file: str, truth: dict, limit: int | None) -> dict:
+def run_user_model(scan: LabelSet, user_model: Path, truth: dict) -> dict:
     """The label set scanned with the user's own classifier, its head judging."""
     import audit
 
-    request = audit.SourceRequest("csv", root=str(DATA / labels_file), name=f"cifar10n-{label_set}-own", limit=limit)
-    dataset, _ = audit.load_source(request)
-    models = audit.load_models(["timm:tf_efficientnet_lite0"], weights=USER_MODEL / "model.pth",
-                               classes=USER_MODEL / "classes.txt")
+    dataset, _ = audit.load_source(scan.request("-own"))
     with audit.scan_progress() as progress:
-        audit.audit_dataset(dataset, models, progress=progress)
-    return figures(dataset, truth, label_set, "your Lite0 (its head)")
+        audit.audit_dataset(dataset, _user_classifier(user_model), progress=progress)
+    return figures(dataset, truth, scan.name, "your Lite0 (its head)")
 
 
-def run_both(label_set: str, labels_file: str, model: str, truth: dict, limit: int | None) -> dict:
+def run_both(scan: LabelSet, user_model: Path, model: str, truth: dict) -> dict:
     """The user's classifier explaining and ``model``'s out-of-fold predictions judging: the label set
     scanned once so, each model's predictions then attached in turn (the first phase kept)."""
     import audit
 
-    request = audit.SourceRequest("csv", root=str(DATA / labels_file), name=f"cifar10n-{label_set}-both", limit=limit,
-                                  predictions=str(DATA / "predictions" / f"{model}_{label_set}.csv"))
-    dataset, _ = audit.load_source(request, warn=lambda line: print(f"warning: {line}", file=sys.stderr))
-    models = audit.load_models(["timm:tf_efficientnet_lite0"], weights=USER_MODEL / "model.pth",
-                               classes=USER_MODEL / "classes.txt")
+    dataset, _ = audit.load_source(scan.request("-both", model=model), warn=_warn)
     with audit.scan_progress() as progress:
-        audit.audit_dataset(dataset, models, progress=progress)
-    return figures(dataset, truth, label_set, f"{model} (given) + your Lite0")
+        audit.audit_dataset(dataset, _user_classifier(user_model), progress=progress)
+    return figures(dataset, truth, scan.name, f"{model} (given) + your Lite0")
+
+
+def _user_classifier(folder: Path):
+    import audit
+
+    return audit.load_models(["timm:tf_efficientnet_lite0"], weights=folder / "model.pth",
+                             classes=folder / "classes.txt")
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
 
 
 def figures(dataset, truth: dict, label_set: str, by: str) -> dict:
