@@ -10,8 +10,8 @@ import torch
 
 from audit.data.classes import imagenet_names
 from audit.scan.evidence import ModelEvidence, SampleEvidence, sample_signals
-from audit.score.policy import consensus, for_new_label, judge, sized
-from audit.signals import Signals
+from audit.score.policy import consensus, for_new_label, judge, neighbour_reasons, sized
+from audit.signals import NeighbourVote, Signals
 
 NAMES = imagenet_names()
 TABBY, ESPRESSO, TRIPOD = (NAMES.index(n) for n in ("tabby", "espresso", "tripod"))
@@ -206,3 +206,11 @@ def test_the_consensus_is_formed_at_scoring_so_a_rescore_can_change_it(signals, 
     with_mirror = judge(stored).mislabel_score
     monkeypatch.setattr(audit.score.policy, "NEUTRAL_VIEWS", ("gt_box",))
     assert judge(stored).mislabel_score == pytest.approx((1 - (0.3 - 0.5)) / 2, abs=1e-6) != with_mirror
+
+
+def test_the_neighbours_reason_counts_them_in_words_that_fit_one_or_many():
+    one = NeighbourVote(k=1, other_share=1.0, label="moped", label_share=1.0)
+    many = NeighbourVote(k=10, other_share=0.7, label="dog", label_share=0.6)
+    assert neighbour_reasons(one, "tripod") == ["its nearest neighbour is labelled 'moped'"]
+    assert neighbour_reasons(many, "cat") == ["6 of its 10 nearest neighbours are labelled 'dog'"]
+    assert neighbour_reasons(many, "dog") == []

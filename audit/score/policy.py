@@ -466,8 +466,9 @@ def neighbour_reasons(vote: NeighbourVote | None, given: str) -> list[str]:
         return []
     reasons = [duplicate_reason(vote.duplicate)] if vote.duplicate else []
     if vote.k and vote.other_share >= NEIGHBOURS_DISAGREE and vote.label != given:
-        reasons.append(f"{round(vote.label_share * vote.k)} of its {vote.k} nearest neighbours are "
-                       f"labelled '{vote.label}'")
+        voters = "its nearest neighbour is" if vote.k == 1 else \
+            f"{round(vote.label_share * vote.k)} of its {vote.k} nearest neighbours are"
+        reasons.append(f"{voters} labelled '{vote.label}'")
     return reasons
 
 
