@@ -48,7 +48,7 @@ def test_a_label_true_for_one_of_two_objects_is_ambiguous(dataset):
     both = by_file(dataset, "cup_and_camera.jpg")
     assert both.category == names.AMBIGUOUS, both.reasons
     assert both.why.startswith("'espresso' and ") and both.why.endswith(": two objects")
-    assert both.reasons[0].startswith("two objects: 'espresso' is seen on where its evidence is strongest")
+    assert both.reasons[0].startswith("two objects: 'espresso' is seen where its evidence is strongest")
     assert both.suggested_label in LABELS | {None}
 
 

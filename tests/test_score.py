@@ -62,6 +62,7 @@ def test_label_with_evidence_on_the_dominant_object_is_a_classifier_failure(sign
     verdict = judge(signals(TRIPOD, whole, flip=distribution(espresso=0.45, tripod=0.2),
                             object=distribution(tripod=0.45, espresso=0.3)))
     assert verdict.category == "classifier_failure"
+    assert verdict.reasons[0].startswith("'tripod' is seen on the dominant object (at 0.45 there)")
     assert verdict.suggested_label == "espresso"  # the fix, should the reviewer find the label wrong
 
 

@@ -390,7 +390,7 @@ def _label_disputed(case: Case) -> Verdict:
     classes, or a classifier failure (the label has evidence where the model does not look)."""
     given, whole, agreed = case.given, case.whole, case.agreed
     dominant, second, labelled, annotated = case.dominant, case.second, case.labelled, case.annotated
-    label_object = max(((place, view) for place, view in (("the second object", second),
+    label_object = max(((place, view) for place, view in (("on the second object", second),
                                                           ("where its evidence is strongest", labelled))
                         if view and view.top_label == given and view.top_prob >= CONFIDENT),
                        key=lambda item: item[1].top_prob, default=None)
@@ -399,7 +399,7 @@ def _label_disputed(case: Case) -> Verdict:
                        key=lambda view: view.top_prob, default=None)
     if label_object and other_object:
         place, view = label_object
-        return replace(case.verdict(AMBIGUOUS, f"two objects: '{given}' is seen on {place} (at {view.top_prob:.2f}), and "
+        return replace(case.verdict(AMBIGUOUS, f"two objects: '{given}' is seen {place} (at {view.top_prob:.2f}), and "
                                                f"'{other_object.top_label}' (at {other_object.top_prob:.2f}): "
                                                "the label may name either",
                                     f"'{given}' and '{other_object.top_label}': two objects"), label_seen=True)
@@ -411,12 +411,12 @@ def _label_disputed(case: Case) -> Verdict:
                             f"'{case.judged.top_label}' not '{given}'")
     if case.signals.given_rank == 2 and whole.given_prob >= TWO_CLASSES:
         return case.verdict(AMBIGUOUS, *two_classes(given, whole.given_prob, case.signals))
-    places = ((case.crop_name, dominant), ("the annotated object", annotated),
+    places = ((f"on {case.crop_name}", dominant), ("on the annotated object", annotated),
               ("where its evidence is strongest", labelled))
     on_object = {place: view.given_prob for place, view in places if view}
     if on_object and max(on_object.values()) >= case.some_evidence:
         place = max(on_object, key=on_object.get)
-        return case.verdict(CLASSIFIER_FAILURE, f"'{given}' is seen on {place} (at {on_object[place]:.2f} there): the "
+        return case.verdict(CLASSIFIER_FAILURE, f"'{given}' is seen {place} (at {on_object[place]:.2f} there): the "
                                                 "model looks elsewhere",
                             f"'{given}' seen; the model looks elsewhere")
     if case.second_share >= SECOND_OBJECT_SHARE or agreed.top_prob >= CONFIDENT:
