@@ -207,15 +207,19 @@ def test_where_your_predictions_say_nothing_your_classifier_s_own_probabilities_
     table, rows, _matrix, root, planted = given
     _folder, _planted, weights, classes, _ = user
     flat = np.full((len(rows), len(CLASSES)), 1.0 / len(CLASSES))
-    result = scan("csv", "--root", str(table), "--name", "flat-and-model", "--model", "timm:tf_efficientnet_lite0",
-                  "--weights", str(weights), "--classes", str(classes), "--predictions",
-                  str(predictions_csv(root / "flat.csv", [f for f, _ in rows], flat)))
+    arguments = ("csv", "--root", str(table), "--name", "flat-and-model", "--model", "timm:tf_efficientnet_lite0",
+                 "--weights", str(weights), "--classes", str(classes), "--predictions",
+                 str(predictions_csv(root / "flat.csv", [f for f, _ in rows], flat)))
+    result = scan(*arguments)
     assert result.exit_code == 0, result.output
     dataset = db.load_dataset("flat-and-model")
     share = db.audit_info(dataset)["head"]["given_share_against_model"]
     assert share < 0.5  # the labels fit your classifier better
     said = f"weighed with the model's own at {1 - share:.0%}"
     assert said in result.output.replace("\n", " ") and said in html.unescape(build_report(dataset))
+    again = scan(*arguments)  # nothing left to judge: what was weighed in is still said
+    assert again.exit_code == 0 and "scanned 0," in again.output, again.output
+    assert said in again.output.replace("\n", " ") and said in html.unescape(build_report(dataset))
     first = db.flagged_view(dataset).first()
     assert first.filepath == str(planted) and first[names.SUGGESTED] == "kitty"
 

@@ -78,7 +78,8 @@ def scan(dataset, models: AuditModel | list[AuditModel], *, options: ScanOptions
                 "models": [model.settings() for model in models], "key": key, "box_threshold": options.box_threshold,
                 "all_boxes": options.all_boxes, "class_maps": options.class_maps,
                 "second_opinion": options.second_opinion, "tool_version": settings.VERSION},
-                model_fields=sorted(set(earlier_fields) | set(model_fields)), head=choice.info())
+                model_fields=sorted(set(earlier_fields) | set(model_fields)),
+                head=second_phase.head_info(root, choice))
             if options.engine == "ray":
                 engine = engines.enter_context(RayEngine(models, options, out_dir))
             else:

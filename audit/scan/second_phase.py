@@ -34,6 +34,8 @@ from audit.store import db
 
 PHASE_VERSION = 3  # bump when the fields this phase writes change meaning
 CHUNK = 1000  # samples whose signals are read and written at a time
+# The shares the given predictions were weighed at, against their neighbours' and the model's own (`audit.heads.given`).
+GIVEN_SHARES = ("given_share", "given_share_against_model")
 EMBEDDINGS_PAGE = 5000  # embeddings read from the database at a time
 PLOT_TSNE_FROM, PLOT_TSNE_UP_TO = 100, 20_000
 # t-SNE's steps (FiftyOne Brain's default 1,000): on cifar10-dev's 3,083 embeddings the map at 500 shows
@@ -111,9 +113,19 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, progr
     elif skipped:
         print(skipped, file=sys.stderr)
     if given is not None:
-        db.save_audit_info(root, head={**choice.info(), "given_share": given.share,
-                                       "given_share_against_model": given.share_against_model})
+        db.save_audit_info(root, head={**choice.info(), **dict(zip(GIVEN_SHARES, (given.share, given.share_against_model)))})
     return SecondPhaseSummary(writer.written, choice.kind, fitted[0] if fitted else None)
+
+
+def head_info(root, choice: HeadChoice) -> dict:
+    """``dataset.info["audit"]["head"]`` as a scan starts: the chosen head, with the shares an earlier
+    second phase weighed the same head's predictions at (`GIVEN_SHARES`). They hold until that phase
+    runs again, which it does wherever the predictions or the labels changed, and they would be lost
+    where nothing is left to judge."""
+    earlier = db.audit_info(root).get("head") or {}
+    kept = {name: earlier[name] for name in GIVEN_SHARES if name in earlier} \
+        if {key: earlier.get(key) for key in ("kind", "why")} == choice.info() else {}
+    return {**choice.info(), **kept}
 
 
 def scanned_samples(root, scan_key: str):
