@@ -3,6 +3,7 @@ photos scanned by the real model, with labels a test flips, and on the same phot
 
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from audit import names
 from audit.cli import app
+from audit.review.report import build_report
 from audit.score.estimate import QUEUE_FROM, LabelErrors, estimate_label_errors
 from audit.store import db
 
@@ -73,6 +75,10 @@ def test_the_per_class_table_names_what_a_wrong_label_should_be(flipped):
     per_class = db.audit_info(dataset)["label_errors"]["per_class"]
     assert per_class["teapot"]["wrong"] >= 0.5 and "espresso" in per_class["teapot"]["should_be"]  # the coffee photo
     assert per_class["espresso"]["wrong"] < 0.5
+    table = build_report(dataset).split("Classes whose labels are most often wrong", 1)[1].split("</table>", 1)[0]
+    should_be = re.findall(r"<td>([^<]*)</td></tr>", table)
+    assert any("espresso" in cell for cell in should_be)
+    assert all(int(count) >= 1 for cell in should_be for count in re.findall(r" (\d+)(?:,|$)", cell))  # no "ship 0"
 
 
 def test_rank_shows_the_estimate_above_the_table_and_a_rescore_keeps_it(flipped):
@@ -123,3 +129,4 @@ def test_labels_that_all_agree_with_the_head_are_estimated_right_and_the_order_i
                                                given=["a"] * 500, top=["a"] * 500)
     assert (errors.estimate, errors.low, errors.high, errors.queue) == (0, 0, 0, 0)
     assert np.all(np.diff(calibrated[np.argsort(raw)]) > 0)  # strictly increasing in the raw score: ties none
+

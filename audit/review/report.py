@@ -146,17 +146,22 @@ def _category_bars(figures: dict) -> str:
     return '<table class="cats">' + "".join(rows) + "</table>"
 
 
+def _whole(estimate: float) -> int:
+    """An estimated count rounded half up: the table lists what the estimate puts at half a label or more."""
+    return int(estimate + 0.5)
+
+
 def _per_class_table(dataset, rows: int = PER_CLASS_ROWS) -> str:
     """The classes whose labels are most often wrong, with what those labels should be (the
     estimate's per-class table), as an HTML table; empty without an estimate."""
     errors = LabelErrors.read(db.audit_info(dataset).get("label_errors"))
     if errors is None:
         return ""
-    worst = [(label, row) for label, row in errors.per_class.items() if row["wrong"] >= 1][:rows]
+    worst = [(label, row) for label, row in errors.per_class.items() if _whole(row["wrong"]) >= 1][:rows]
     if not worst:
         return ""
-    lines = "".join(f'<tr><td>{html.escape(label)}</td><td>{row["labelled"]:,}</td><td>{row["wrong"]:.0f} '
-                    f'({row["share"]:.0%})</td><td>' + html.escape(", ".join(f"{other} {n:.0f}" for other, n in
+    lines = "".join(f'<tr><td>{html.escape(label)}</td><td>{row["labelled"]:,}</td><td>{_whole(row["wrong"])} '
+                    f'({row["share"]:.0%})</td><td>' + html.escape(", ".join(f"{other} {_whole(n)}" for other, n in
                                                                         list(row["should_be"].items())[:3])) + "</td></tr>"
                     for label, row in worst)
     return ('<h2>Classes whose labels are most often wrong</h2><table class="kv"><tr><th>given label</th><th>samples</th>'
