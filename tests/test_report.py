@@ -3,12 +3,15 @@
 import base64
 import re
 
+import numpy as np
 import pytest
-from conftest import scan_sample
+from conftest import SAMPLE_DATA, scan_sample
+from PIL import Image
 from typer.testing import CliRunner
 
 from audit import names
 from audit.cli import app
+from audit.review.render import MIN_SIDE, overlay
 from audit.review.report import build_report, summary_figures
 from audit.store import db
 
@@ -70,3 +73,15 @@ def test_a_dataset_never_scanned_still_gets_a_page():
     dataset.add_sample(fo.Sample(filepath="/nowhere.jpg"))
     page = build_report(dataset)
     assert "Nothing flagged" in page and "<html" in page
+
+
+def test_a_32_pixel_photo_is_drawn_enlarged_and_its_box_leaves_it_visible(tmp_path):
+    small = tmp_path / "small.jpg"
+    with Image.open(SAMPLE_DATA / "chelsea.jpg") as photo:
+        photo.convert("RGB").resize((32, 24)).save(small, quality=95)
+    plain = overlay(str(small), None, {})
+    boxed = overlay(str(small), None, {"eigencam": [[0.25, 0.25, 0.5, 0.5]]})
+    assert plain.shape == boxed.shape == (MIN_SIDE * 24 // 32, MIN_SIDE, 3)
+    inside, outline = boxed[50:70, 70:90], boxed[28:32, 40:120]  # the box runs from (40, 30) to (120, 90)
+    assert np.array_equal(inside, plain[50:70, 70:90])  # the photo shows within the box
+    assert (outline.reshape(-1, 3) == 255).all(axis=1).mean() > 0.2 and not np.array_equal(outline, plain[28:32, 40:120])
