@@ -119,9 +119,8 @@ def run(root, models: list[AuditModel], scan_key: str, choice: HeadChoice, progr
 
 def head_info(root, choice: HeadChoice) -> dict:
     """``dataset.info["audit"]["head"]`` as a scan starts: the chosen head, with the shares an earlier
-    second phase weighed the same head's predictions at (`GIVEN_SHARES`). They hold until that phase
-    runs again, which it does wherever the predictions or the labels changed, and they would be lost
-    where nothing is left to judge."""
+    second phase weighed the same head's predictions at (`GIVEN_SHARES`): a scan with nothing left to
+    judge keeps them, and the phase replaces them wherever it runs again (new predictions or labels)."""
     earlier = db.audit_info(root).get("head") or {}
     kept = {name: earlier[name] for name in GIVEN_SHARES if name in earlier} \
         if {key: earlier.get(key) for key in ("kind", "why")} == choice.info() else {}
