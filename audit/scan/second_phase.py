@@ -179,7 +179,7 @@ def _model_probabilities(root, ids: list[str], classes: list[str]) -> np.ndarray
     probabilities = np.zeros((len(ids), len(classes)), dtype=np.float32)
     for row, signals in _each_stored_signals(root, ids):
         mirror = (signals.views or {}).get("flip")
-        tops = [signals.model_top if signals.head in (FIT, GIVEN) else signals.top] + ([mirror.top] if mirror else [])
+        tops = [_model_top(signals)] + ([mirror.top] if mirror else [])
         for top in tops:
             for label, probability in top or []:
                 if label in column:
@@ -209,6 +209,11 @@ def _own_head_quantiles(root, ids: list[str]) -> np.ndarray:
     return quantiles
 
 
+def _model_top(stored: Signals) -> list | None:
+    """The model's own top classes: kept as ``model_top`` where a second phase judged before, else the first phase's."""
+    return stored.model_top if stored.head in (FIT, GIVEN) else stored.top
+
+
 def _each_stored_signals(root, ids: list[str]):
     """(row, stored signals) of each of ``ids``, read CHUNK samples at a time."""
     for start in range(0, len(ids), CHUNK):
@@ -232,7 +237,7 @@ def _given_signals(stored: Signals, given: GivenJudgement, row: int, label: str 
                       cam_box_area=stored.cam_box_area, second_object_iou=stored.second_object_iou,
                       class_map_on_object=stored.class_map_on_object if keep_views else None,
                       views=stored.views if keep_views else None, neighbours=stored.neighbours,
-                      model_top=stored.model_top if stored.head in (FIT, GIVEN) else stored.top, head=GIVEN,
+                      model_top=_model_top(stored), head=GIVEN,
                       classes=len(classes), label_quantile=None if np.isnan(quantile) else float(quantile))
     return signals, db.fo.Classification(label=whole.top_label, confidence=whole.top_prob)
 
@@ -334,7 +339,7 @@ def _fitted_signals(stored: Signals, fitted: list[FittedHeads], row: int,
     signals = replace(whole_image_signals(whole, label, given_index, classes),
                       cam_variance_ratio=stored.cam_variance_ratio, visible_fraction=stored.visible_fraction,
                       cam_box_area=stored.cam_box_area, neighbours=stored.neighbours,
-                      model_top=stored.model_top if stored.head == FIT else stored.top, head=FIT,
+                      model_top=_model_top(stored), head=FIT,
                       classes=len(classes), class_seen=int(fitted[0].class_seen[row]),
                       class_examples=_examples(fitted[0], label))
     prediction = db.fo.Classification(label=whole.top_label, confidence=whole.top_prob)
