@@ -154,6 +154,9 @@ def test_a_review_of_two_thousand_photos_with_the_panel_open(dataset, page, tmp_
             grid.hover()
             page.mouse.wheel(0, 300)
             page.wait_for_timeout(150)
+        grid.hover()
+        page.mouse.wheel(0, 300)  # it came into view at the bottom: a row further, so that tiles after it show too
+        page.wait_for_timeout(500)
         end.first.scroll_into_view_if_needed()
         page.wait_for_timeout(2000)
         tiles = visible_tiles(page)
